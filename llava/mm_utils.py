@@ -1,0 +1,121 @@
+"""Image and prompt helpers with upstream LLaVA's names and signatures.
+
+Eval harnesses import `process_images`, `tokenizer_image_token` and
+`get_model_name_from_path` from here; keep their behaviour bit-compatible.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import StoppingCriteria
+
+from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+
+
+def pad_to_square_geometry(width: int, height: int) -> tuple[int, int, int]:
+    """Where an image of `width`×`height` px lands on LLaVA's padded square canvas.
+
+    Returns `(side, left, top)`: the canvas side (the longer edge) and the pixel offset
+    of the image's top-left corner. Offsets use floor division, exactly as the paste in
+    `expand2square` does, so masks, boxes and pixels move together.
+    """
+    side = max(width, height)
+    return side, (side - width) // 2, (side - height) // 2
+
+
+def expand2square(pil_img: Image.Image, background_color: tuple[int, ...]) -> Image.Image:
+    """Paste `pil_img` centred on a square canvas of its longer edge, filled with `background_color`."""
+    width, height = pil_img.size
+    if width == height:
+        return pil_img
+    side, left, top = pad_to_square_geometry(width, height)
+    canvas = Image.new(pil_img.mode, (side, side), background_color)
+    canvas.paste(pil_img, (left, top))
+    return canvas
+
+
+def process_images(images: list[Image.Image], image_processor: Any, model_cfg: Any) -> torch.Tensor:
+    """Turn PIL images into the vision tower's input, `(N, 3, H, W)` float pixel values.
+
+    With `model_cfg.image_aspect_ratio == "pad"` each image is first centred on a square
+    canvas filled with the processor's mean colour (0-255 ints), so the later centre crop
+    keeps the whole picture; any other value hands the list to the processor as is.
+    """
+    if getattr(model_cfg, "image_aspect_ratio", None) != "pad":
+        return image_processor(images, return_tensors="pt")["pixel_values"]
+    background = tuple(int(channel_mean * 255) for channel_mean in image_processor.image_mean)
+    pixels = [
+        image_processor(expand2square(image, background), return_tensors="pt")["pixel_values"][0]
+        for image in images
+    ]
+    return torch.stack(pixels, dim=0)
+
+
+def tokenizer_image_token(
+    prompt: str,
+    tokenizer: Any,
+    image_token_index: int = IMAGE_TOKEN_INDEX,
+    return_tensors: str | None = None,
+) -> list[int] | torch.Tensor:
+    """Token ids of `prompt` with each `<image>` replaced by `image_token_index`.
+
+    Every text chunk between images is tokenised on its own (so each gets the tokenizer's
+    dummy-prefix space, as upstream does); the BOS the tokenizer adds to each chunk is kept
+    once, at the front. Returns a list, or a `(L,)` int64 tensor for `return_tensors="pt"`.
+    """
+    chunk_ids = [tokenizer(chunk).input_ids for chunk in prompt.split(DEFAULT_IMAGE_TOKEN)]
+    bos = tokenizer.bos_token_id
+    starts_with_bos = bos is not None and len(chunk_ids[0]) > 0 and chunk_ids[0][0] == bos
+    input_ids = [bos] if starts_with_bos else []
+    for index, ids in enumerate(chunk_ids):
+        if index > 0:
+            input_ids.append(image_token_index)
+        input_ids.extend(ids[1:] if starts_with_bos and ids[:1] == [bos] else ids)
+    if return_tensors is None:
+        return input_ids
+    if return_tensors == "pt":
+        return torch.tensor(input_ids, dtype=torch.long)
+    raise ValueError(f"Unsupported return_tensors={return_tensors!r}; use None or 'pt'")
+
+
+def get_model_name_from_path(model_path: str) -> str:
+    """The model's name: the folder name, or `<parent>_checkpoint-N` for a trainer checkpoint."""
+    parts = model_path.strip("/").split("/")
+    if parts[-1].startswith("checkpoint-") and len(parts) > 1:
+        return f"{parts[-2]}_{parts[-1]}"
+    return parts[-1]
+
+
+class KeywordsStoppingCriteria(StoppingCriteria):
+    """Stop each sequence of a batch once its generated text ends with one of `keywords`.
+
+    `input_ids` is the prompt batch `(B, L0)` given to `generate`; only tokens after
+    position `L0` count as generated. A row stops when its generated ids end with a
+    keyword's ids, or when its decoded generated text ends with the keyword (the
+    keyword may tokenise differently in context than on its own).
+    """
+
+    def __init__(self, keywords: list[str], tokenizer: Any, input_ids: torch.Tensor) -> None:
+        self.keywords = list(keywords)
+        self.tokenizer = tokenizer
+        self.start_len = input_ids.shape[1]
+        self.keyword_ids = [
+            tokenizer(keyword, add_special_tokens=False).input_ids for keyword in self.keywords
+        ]
+
+    def _row_should_stop(self, generated_ids: list[int]) -> bool:
+        if not generated_ids:
+            return False
+        for ids in self.keyword_ids:
+            if ids and generated_ids[-len(ids):] == ids:
+                return True
+        text = self.tokenizer.decode(generated_ids, skip_special_tokens=False)
+        return any(text.endswith(keyword) for keyword in self.keywords)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any = None, **kwargs: Any) -> torch.BoolTensor:
+        """Return `(B,)` bool: True where that row has just produced a keyword."""
+        rows = input_ids[:, self.start_len:].tolist()
+        stops = [self._row_should_stop(row) for row in rows]
+        return torch.tensor(stops, dtype=torch.bool, device=input_ids.device)
