@@ -1,0 +1,198 @@
+"""`load_pretrained_model`: upstream's loader signature, choosing its branch from files.
+
+Returns `(tokenizer, model, image_processor, context_len)` like upstream. The checkpoint
+kind (full / projector + base / LoRA + base) comes from `checkpoints.detect_checkpoint_kind`;
+the folder name is only a hint and is never required.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
+
+from .checkpoints import (
+    ADAPTER_CONFIG,
+    NON_LORA_FILE,
+    PROJECTOR_FILE,
+    CheckpointKind,
+    detect_checkpoint_kind,
+    is_multimodal_config,
+    load_non_lora_trainables,
+    load_projector_file,
+    read_config_dict,
+)
+from .language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_attn_implementation(requested: str | None) -> str | None:
+    """`flash_attention_2` falls back to `sdpa` with a warning when flash-attn is not installed."""
+    if requested and requested.startswith("flash_attention") and importlib.util.find_spec("flash_attn") is None:
+        logger.warning("attn_implementation=%s requested but flash-attn is not installed: using sdpa", requested)
+        return "sdpa"
+    return requested
+
+
+def _find_base(model_base: str | None, model_path: str, kind: CheckpointKind) -> str:
+    if model_base:
+        return model_base
+    hint = None
+    if kind is CheckpointKind.LORA:
+        hint = json.loads((Path(model_path) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    else:
+        hint = read_config_dict(model_path).get("_name_or_path")
+    if hint and os.path.isdir(hint):
+        logger.warning("model_base not given for %s checkpoint %s: using %s recorded in it", kind.value, model_path, hint)
+        return hint
+    raise ValueError(
+        f"{model_path} is a {kind.value} checkpoint and needs the language model it was trained on: pass "
+        f"model_base (the checkpoint records {hint!r}, which is not a local folder)"
+    )
+
+
+def _quantization_kwargs(load_8bit: bool, load_4bit: bool, dtype: torch.dtype) -> dict:
+    if not (load_8bit or load_4bit):
+        return {}
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ImportError("load_8bit/load_4bit need the bitsandbytes package (pip install bitsandbytes)")
+    from transformers import BitsAndBytesConfig
+
+    if load_8bit:
+        return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True)}
+    return {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4"
+        )
+    }
+
+
+def _load_tokenizer(*candidates: str):
+    for folder in candidates:
+        if folder and any((Path(folder) / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
+            return AutoTokenizer.from_pretrained(folder, use_fast=False)
+    return AutoTokenizer.from_pretrained(candidates[-1], use_fast=False)
+
+
+def load_pretrained_model(
+    model_path: str,
+    model_base: str | None,
+    model_name: str | None = None,
+    load_8bit: bool = False,
+    load_4bit: bool = False,
+    device_map="auto",
+    device: str = "cuda",
+    use_flash_attn: bool = False,
+    **kwargs,
+):
+    """Load any LLaVA checkpoint (or a plain LM) → `(tokenizer, model, image_processor, context_len)`.
+
+    Extra kwargs: `attn_implementation` ("sdpa" default, "eager", "flash_attention_2"),
+    `multimodal` (accepted for harness compatibility; the config decides), `dtype` /
+    `torch_dtype` (default float16 on CUDA, float32 on CPU), and anything else
+    `from_pretrained` takes.
+    """
+    kwargs.pop("multimodal", None)
+    dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
+    on_gpu = device != "cpu" and torch.cuda.is_available()
+    if dtype is None:
+        dtype = torch.float16 if on_gpu else torch.float32
+    elif isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    attn = resolve_attn_implementation(
+        kwargs.pop("attn_implementation", None) or ("flash_attention_2" if use_flash_attn else None)
+    )
+    load_kwargs = {"dtype": dtype, **_quantization_kwargs(load_8bit, load_4bit, dtype), **kwargs}
+    if attn:
+        load_kwargs["attn_implementation"] = attn
+    if on_gpu:
+        load_kwargs["device_map"] = device_map if device == "cuda" else {"": device}
+
+    model_path = str(model_path)
+    kind = detect_checkpoint_kind(model_path)
+    config_dict = read_config_dict(model_path)
+    if model_name and "llava" in model_name.lower() and not is_multimodal_config(config_dict):
+        logger.warning("%s is named like a LLaVA model but its config has no vision tower", model_path)
+
+    if kind is CheckpointKind.LORA:
+        base = _find_base(model_base, model_path, kind)
+        config = LlavaConfig.from_pretrained(model_path)
+        tokenizer = _load_tokenizer(model_path if (Path(model_path) / "tokenizer_config.json").exists() else "", base)
+        model = _load_base_with_new_projector(base, config, **load_kwargs)
+        _match_vocab(model, config)
+        if (Path(model_path) / NON_LORA_FILE).exists():
+            load_non_lora_trainables(model, Path(model_path) / NON_LORA_FILE)
+        # LoRA is merged before the tower is loaded, so adapters can only land on the LLM.
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, model_path).merge_and_unload()
+    elif kind is CheckpointKind.PROJECTOR:
+        base = _find_base(model_base, model_path, kind)
+        config = LlavaConfig.from_pretrained(model_path)
+        tokenizer = _load_tokenizer(base)
+        model = _load_base_with_new_projector(base, config, **load_kwargs)
+        load_projector_file(model.get_model().mm_projector, Path(model_path) / PROJECTOR_FILE)
+    elif is_multimodal_config(config_dict):
+        if model_base:
+            logger.info("%s holds full weights: model_base %s is not needed and is ignored", model_path, model_base)
+        tokenizer = _load_tokenizer(model_path)
+        model, info = LlavaLlamaForCausalLM.from_pretrained(model_path, output_loading_info=True, **load_kwargs)
+        missing = [k for k in info["missing_keys"] if "vision_tower" not in k]
+        if missing:
+            raise ValueError(f"{model_path} is missing weights the model needs: {missing[:8]}")
+    else:
+        tokenizer = _load_tokenizer(model_path, model_base or model_path)
+        model = AutoModelForCausalLM.from_pretrained(model_path, **load_kwargs)
+        return tokenizer, model, None, _context_length(model.config)
+
+    image_processor = _finish_multimodal(model, tokenizer, dtype, device if on_gpu else "cpu")
+    return tokenizer, model, image_processor, _context_length(model.config)
+
+
+def _load_base_with_new_projector(base: str, config, **load_kwargs):
+    """Load a bare LLM as LLaVA; only the projector may be missing (it comes from a side file)."""
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the expected 'MISSING mm_projector' report is noise here
+    try:
+        model, info = LlavaLlamaForCausalLM.from_pretrained(base, config=config, output_loading_info=True, **load_kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = [k for k in info["missing_keys"] if "mm_projector" not in k and "vision_tower" not in k]
+    if missing:
+        raise ValueError(f"base model {base} is missing weights: {missing[:8]}")
+    return model
+
+
+def _match_vocab(model, config) -> None:
+    """LoRA runs that added tokens save a bigger vocabulary than the base has."""
+    if model.lm_head.weight.shape[0] != config.vocab_size:
+        model.resize_token_embeddings(config.vocab_size)
+
+
+def _finish_multimodal(model, tokenizer, dtype: torch.dtype, device: str):
+    config = model.config
+    added = []
+    if getattr(config, "mm_use_im_patch_token", False):
+        added.append(DEFAULT_IMAGE_PATCH_TOKEN)
+    if getattr(config, "mm_use_im_start_end", False):
+        added += [DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN]
+    if added and tokenizer.add_tokens(added, special_tokens=True):
+        model.resize_token_embeddings(len(tokenizer))
+    tower = model.get_vision_tower()
+    tower.load_model()
+    tower.vision_tower.to(device=device, dtype=dtype)
+    if device != "cpu" and not hasattr(model, "hf_device_map"):
+        model.to(device)
+    return tower.image_processor
+
+
+def _context_length(config) -> int:
+    return int(getattr(config, "max_sequence_length", 2048))

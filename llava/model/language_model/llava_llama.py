@@ -1,0 +1,138 @@
+"""`LlavaLlamaForCausalLM`: Llama + CLIP tower + projector, registered as `llava_llama`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, LlamaModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from ..llava_arch import LlavaMetaForCausalLM, LlavaMetaModel, splice_image_features
+
+
+class LlavaConfig(LlamaConfig):
+    """A Llama config plus upstream's `mm_*` keys (kept as attributes, written to config.json)."""
+
+    model_type = "llava_llama"
+
+
+class LlavaLlamaModel(LlavaMetaModel, LlamaModel):
+    config_class = LlavaConfig
+
+
+@dataclass
+class LlavaCausalLMOutputWithPast(CausalLMOutputWithPast):
+    """`CausalLMOutputWithPast` plus the projected image tokens (B_img, N, D) when asked for."""
+
+    image_features: torch.Tensor | None = None
+
+
+class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
+    config_class = LlavaConfig
+    # Upstream's trainer saves the frozen tower into full checkpoints; it is always reloaded
+    # from `mm_vision_tower`, so those keys are expected and unused.
+    _keys_to_ignore_on_load_unexpected = [r"model\.vision_tower\..*"]
+
+    def __init__(self, config):
+        # Skip LlamaForCausalLM.__init__ (it would build a plain LlamaModel); build ours.
+        super(LlamaForCausalLM, self).__init__(config)
+        self.model = LlavaLlamaModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_model(self) -> LlavaLlamaModel:
+        return self.model
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        images: torch.FloatTensor | list | None = None,
+        image_sizes: list | None = None,
+        return_image_features: bool = False,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Upstream's forward: `images` (B_img, 3, H, W) are spliced at IMAGE_TOKEN_INDEX positions.
+
+        `return_image_features=True` adds `image_features` (B_img, N, D) to the output:
+        the projector output of this very forward, for auxiliary alignment losses.
+        """
+        cache = kwargs.pop("past_key_values", cache)  # v4 name, still used by older callers
+        image_features = None
+        if inputs_embeds is None:
+            (
+                input_ids,
+                position_ids,
+                attention_mask,
+                cache,
+                inputs_embeds,
+                labels,
+                image_features,
+            ) = self.prepare_inputs_labels_for_multimodal(
+                input_ids, position_ids, attention_mask, cache, labels, images, image_sizes,
+                return_image_features=True,
+            )
+        outputs = super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+        if return_image_features:
+            return LlavaCausalLMOutputWithPast(**outputs, image_features=image_features)
+        return outputs
+
+    @torch.no_grad()
+    def generate(self, inputs: torch.Tensor | None = None, images=None, image_sizes=None, **kwargs):
+        """Upstream's generate: the prompt goes in as embeddings, so only new tokens come back.
+
+        The batch is always re-padded on the left (with a matching attention mask) before
+        generation, so right- or left-padded inputs give the same tokens as unbatched ones.
+        """
+        if "inputs_embeds" in kwargs:
+            raise NotImplementedError("pass input_ids (with IMAGE_TOKEN_INDEX) and images, not inputs_embeds")
+        if inputs is None:
+            inputs = kwargs.pop("input_ids", None)
+        if inputs is None:
+            raise ValueError("generate needs the prompt ids as `inputs` (positional) or `input_ids`")
+        attention_mask = kwargs.pop("attention_mask", None)
+        kwargs.pop("position_ids", None)  # recomputed from the re-padded mask by generate()
+        features = None
+        if images is not None and self.get_vision_tower() is not None:
+            features = list(self.encode_images(images).unbind(0))
+        spliced = splice_image_features(
+            inputs,
+            attention_mask,
+            None,
+            features,
+            self.get_model().embed_tokens,
+            padding_side="left",
+            max_length=getattr(self.config, "tokenizer_model_max_length", None),
+        )
+        return super().generate(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask, **kwargs)
+
+    def prepare_inputs_for_generation(self, input_ids, cache=None, inputs_embeds=None, **kwargs):
+        images = kwargs.pop("images", None)
+        image_sizes = kwargs.pop("image_sizes", None)
+        inputs = super().prepare_inputs_for_generation(input_ids, cache=cache, inputs_embeds=inputs_embeds, **kwargs)
+        if images is not None:
+            inputs["images"] = images
+        if image_sizes is not None:
+            inputs["image_sizes"] = image_sizes
+        return inputs
+
+
+AutoConfig.register("llava_llama", LlavaConfig)
+AutoModelForCausalLM.register(LlavaConfig, LlavaLlamaForCausalLM)
