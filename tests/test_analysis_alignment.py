@@ -76,9 +76,12 @@ def test_background_threshold_leaves_unmatched_patches_unassigned():
 def test_threshold_rule_uses_mean_plus_k_population_std_or_a_fixed_value():
     # Map [1, 0.6, 0, 0]: mean 0.4, population std sqrt(0.18) = 0.4243.
     cos = torch.tensor([[1.0, 0.6, 0.0, 0.0]])
-    assert predict_region_masks(cos, assign="threshold").tolist() == [[True, False, False, False]]
-    assert predict_region_masks(cos, assign="threshold", threshold_k=0.0).tolist() == [[True, True, False, False]]
-    assert predict_region_masks(cos, assign="threshold", fixed_threshold=0.0).tolist() == [[True] * 4]
+    k_one = predict_region_masks(cos, assign="threshold")  # t = 0.824
+    k_zero = predict_region_masks(cos, assign="threshold", threshold_k=0.0)  # t = 0.4
+    fixed = predict_region_masks(cos, assign="threshold", fixed_threshold=0.0)
+    assert k_one.tolist() == [[True, False, False, False]]
+    assert k_zero.tolist() == [[True, True, False, False]]
+    assert fixed.tolist() == [[True] * 4]
 
 
 def test_empty_true_masks_are_skipped_and_counted_but_their_labels_still_compete():

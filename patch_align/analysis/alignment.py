@@ -48,9 +48,8 @@ def cosine_maps(patch_tokens: torch.Tensor, word_embeddings: torch.Tensor) -> to
         raise ValueError(
             f"patch tokens have D={patch_tokens.shape[-1]} but word embeddings D={word_embeddings.shape[-1]}"
         )
-    return _unit_rows(word_embeddings, "word_embeddings") @ _unit_rows(patch_tokens, "patch_tokens").transpose(
-        -1, -2
-    )
+    words = _unit_rows(word_embeddings, "word_embeddings")
+    return words @ _unit_rows(patch_tokens, "patch_tokens").transpose(-1, -2)
 
 
 def predict_region_masks(
@@ -203,7 +202,9 @@ class AlignmentAccumulator:
         self._inside_sum = 0.0
         self._outside_sum = 0.0
 
-    def update(self, patch_tokens: torch.Tensor, word_embeddings: torch.Tensor, true_masks: torch.Tensor) -> None:
+    def update(
+        self, patch_tokens: torch.Tensor, word_embeddings: torch.Tensor, true_masks: torch.Tensor
+    ) -> None:
         """Score one image: patch_tokens (N, D), word_embeddings (R, D), true_masks (R, N)."""
         result = image_alignment(patch_tokens, word_embeddings, true_masks, **self._options)
         has_outside = result.has_outside
