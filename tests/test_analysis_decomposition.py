@@ -100,6 +100,14 @@ def test_pursuit_rejects_zero_tokens_and_zero_atoms():
         matching_pursuit(torch.ones(1, 2), torch.eye(2), max_atoms=0)
 
 
+def test_omp_uses_each_atom_at_most_once():
+    # Two atoms in 3-d cannot represent x; OMP stops after both instead of repeating one.
+    result = orthogonal_matching_pursuit(torch.tensor([[1.0, 1.0, 1.0]]), torch.eye(3)[:2], max_atoms=4)
+    assert result.atom_ids.tolist() == [[0, 1, -1, -1]]
+    assert result.coefficients[0].tolist() == pytest.approx([1.0, 1.0, 0.0, 0.0])
+    assert result.explained_variance.item() == pytest.approx(2 / 3)
+
+
 def test_word_token_ids_keep_alphabetic_pieces_of_the_fixture_tokenizer():
     from transformers import AutoTokenizer
 

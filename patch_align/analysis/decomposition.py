@@ -65,16 +65,19 @@ def _pursue_chunk(
     coefs = torch.zeros(n, max_atoms, dtype=x.dtype, device=x.device)
     residual = x.clone()
     active = torch.ones(n, dtype=torch.bool, device=x.device)
-    for k in range(max_atoms):
+    # OMP picks distinct atoms, so it can fill at most V slots.
+    steps = min(max_atoms, atoms.shape[0]) if orthogonal else max_atoms
+    for k in range(steps):
         active &= residual.double().norm(dim=-1) > residual_tol * x_norm
         if not active.any():
             break
         scores = residual @ atoms.T
+        magnitude = scores.abs()
         if orthogonal and k:
-            # The OMP residual is orthogonal to the chosen atoms; masking them keeps the Gram
+            # The OMP residual is orthogonal to the chosen atoms; excluding them keeps the Gram
             # matrix non-singular when rounding leaves a tiny correlation.
-            scores.scatter_(1, ids[:, :k].clamp(min=0), 0.0)
-        best = scores.abs().argmax(dim=-1)
+            magnitude.scatter_(1, ids[:, :k].clamp(min=0), -1.0)
+        best = magnitude.argmax(dim=-1)
         ids[:, k] = torch.where(active, best, ids[:, k])
         if orthogonal:
             chosen = atoms[ids[:, : k + 1].clamp(min=0)].double()  # (n, k+1, D)
@@ -170,8 +173,9 @@ def orthogonal_matching_pursuit(
 
     Selection as in MP (chosen atoms excluded); after each step all coefficients are refit by
     least squares on the chosen atoms (float64 normal equations, pseudo-inverse), so the
-    residual is orthogonal to them. Stopping, chunking and ``dtype`` as in ``matching_pursuit``;
-    extra memory ≈ chunk_size·max_atoms·D float64 for the chosen atoms.
+    residual is orthogonal to them; at most min(max_atoms, V) atoms. Stopping, chunking and
+    ``dtype`` as in ``matching_pursuit``; extra memory ≈ chunk_size·max_atoms·D float64 for
+    the chosen atoms.
     """
     options = {"max_atoms": max_atoms, "residual_tol": residual_tol, "chunk_size": chunk_size, "dtype": dtype}
     return _pursuit(tokens, dictionary, orthogonal=True, **options)
