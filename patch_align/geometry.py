@@ -1,0 +1,180 @@
+"""Where image pixels and region masks land on the vision tower's patch grid (pure numpy).
+
+Coordinates are continuous pixel-edge coordinates: pixel (row i, column j) of an image is
+the unit square [j, j+1) × [i, i+1), so an image of width W spans x in [0, W].
+
+Two preprocessing modes, as LLaVA's `image_aspect_ratio`:
+- `square`: CLIP's processor alone: resize so the shorter edge is `shortest_edge`
+  (longer edge `int(shortest_edge * long / short)`, i.e. floored), then centre crop
+  `crop_size` at offset `(resized - crop) // 2` (floor; negative when the crop is larger,
+  in which case the processor pads with zeros).
+- `pad`: first `llava.mm_utils.expand2square` (paste at `pad_to_square_geometry` offsets on
+  a square of the longer edge), then the same processor steps on that square.
+
+PIL's resize maps pixel edges to pixel edges (x_out = x_in · out / in), so each mode is an
+axis-aligned affine map from original pixels to model-input pixels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from llava.mm_utils import pad_to_square_geometry
+
+AspectMode = Literal["pad", "square"]
+SelectFeature = Literal["patch", "cls_patch"]
+
+DEFAULT_PATCH_MASK_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """x_model = scale_x · x + offset_x, y_model = scale_y · y + offset_y (pixel-edge coordinates).
+
+    `output_width` × `output_height` is the model input (the crop); model pixels outside
+    the transformed image are padding.
+    """
+
+    scale_x: float
+    scale_y: float
+    offset_x: float
+    offset_y: float
+    output_width: int
+    output_height: int
+
+    def apply(self, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Original-image points (any shape, px) → model-input points (px)."""
+        return self.scale_x * np.asarray(xs) + self.offset_x, self.scale_y * np.asarray(ys) + self.offset_y
+
+    def invert(self, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Model-input points (px) → original-image points (px)."""
+        xs, ys = np.asarray(xs), np.asarray(ys)
+        return (xs - self.offset_x) / self.scale_x, (ys - self.offset_y) / self.scale_y
+
+
+def _resize_shortest_edge(width: int, height: int, shortest_edge: int) -> tuple[int, int]:
+    """Output (width, height) of the CLIP processor's shortest-edge resize."""
+    if width <= height:
+        return shortest_edge, int(shortest_edge * height / width)
+    return int(shortest_edge * width / height), shortest_edge
+
+
+def model_input_transform(width: int, height: int, mode: AspectMode, shortest_edge: int = 336,
+                          crop_size: tuple[int, int] | None = None) -> ImageTransform:
+    """The affine map from a `width` × `height` image to the model input under `mode`.
+
+    `shortest_edge` is the processor's `size["shortest_edge"]`; `crop_size` its
+    `(crop height, crop width)`, by default `(shortest_edge, shortest_edge)`.
+    """
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    crop_height, crop_width = crop_size if crop_size is not None else (shortest_edge, shortest_edge)
+    if mode == "pad":
+        side, left, top = pad_to_square_geometry(width, height)
+        canvas_width, canvas_height = side, side
+    elif mode == "square":
+        left, top = 0, 0
+        canvas_width, canvas_height = width, height
+    else:
+        raise ValueError(f"image aspect mode must be 'pad' or 'square', got {mode!r}")
+    resized_width, resized_height = _resize_shortest_edge(canvas_width, canvas_height, shortest_edge)
+    scale_x, scale_y = resized_width / canvas_width, resized_height / canvas_height
+    crop_left, crop_top = (resized_width - crop_width) // 2, (resized_height - crop_height) // 2
+    return ImageTransform(scale_x=scale_x, scale_y=scale_y,
+                          offset_x=left * scale_x - crop_left, offset_y=top * scale_y - crop_top,
+                          output_width=crop_width, output_height=crop_height)
+
+
+def processor_transform(width: int, height: int, mode: AspectMode, image_processor: Any) -> ImageTransform:
+    """`model_input_transform` with the sizes of a CLIP-style image processor (resize + centre crop)."""
+    if not (image_processor.do_resize and image_processor.do_center_crop):
+        raise ValueError("image processor must resize and centre crop (do_resize and do_center_crop)")
+    shortest_edge = image_processor.size["shortest_edge"]
+    if not shortest_edge:
+        raise ValueError(f"image processor must resize by 'shortest_edge', got size {image_processor.size}")
+    crop = image_processor.crop_size
+    return model_input_transform(width, height, mode, shortest_edge, (crop["height"], crop["width"]))
+
+
+def _mask_integral(summed: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """∫∫ mask over [0, x] × [0, y] for every pair of `ys` (rows) and `xs` (columns): (len(ys), len(xs)).
+
+    `summed` is the (H+1, W+1) summed-area table. The mask is constant on each pixel,
+    so the integral is bilinear between integer corners: interpolating the table is exact.
+    """
+    height, width = summed.shape[0] - 1, summed.shape[1] - 1
+    xs, ys = np.clip(xs, 0, width), np.clip(ys, 0, height)
+    x0 = np.minimum(np.floor(xs).astype(int), width - 1)
+    y0 = np.minimum(np.floor(ys).astype(int), height - 1)
+    fx, fy = (xs - x0)[None, :], (ys - y0)[:, None]
+    top = summed[y0][:, x0] * (1 - fx) + summed[y0][:, x0 + 1] * fx
+    bottom = summed[y0 + 1][:, x0] * (1 - fx) + summed[y0 + 1][:, x0 + 1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def mask_to_patch_coverage(mask: np.ndarray, transform: ImageTransform | AspectMode = "pad",
+                           image_size: int = 336, patch_size: int = 14) -> np.ndarray:
+    """Fraction of each patch's area covered by the transformed mask: (G_h, G_w) float64 in [0, 1].
+
+    `mask` is (H, W) bool in original-image pixels. `transform` is an `ImageTransform`,
+    or a mode name with `image_size` as both shortest edge and crop (CLIP-L/336: 336 →
+    24 × 24 grid). Each patch rectangle is pulled back to original coordinates and the
+    mask integrated over it exactly (fractional pixels included); padding counts as uncovered.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or mask.shape[0] == 0 or mask.shape[1] == 0:
+        raise ValueError(f"mask must be a non-empty (H, W) array, got shape {mask.shape}")
+    height, width = mask.shape
+    if isinstance(transform, str):
+        transform = model_input_transform(width, height, transform, image_size)
+    if transform.output_width % patch_size or transform.output_height % patch_size:
+        raise ValueError(f"model input {transform.output_width}x{transform.output_height} is not a whole "
+                         f"number of {patch_size}-px patches")
+    summed = np.zeros((height + 1, width + 1))
+    summed[1:, 1:] = mask.astype(np.float64).cumsum(0).cumsum(1)
+    edges_x = np.arange(0, transform.output_width + 1, patch_size, dtype=np.float64)
+    edges_y = np.arange(0, transform.output_height + 1, patch_size, dtype=np.float64)
+    xs, ys = transform.invert(edges_x, edges_y)
+    integral = _mask_integral(summed, xs, ys)
+    covered = integral[1:, 1:] - integral[:-1, 1:] - integral[1:, :-1] + integral[:-1, :-1]
+    patch_area = patch_size * patch_size / (transform.scale_x * transform.scale_y)  # in original px²
+    # clip only float rounding (|error| ~ 1e-12); the exact value is always within [0, 1]
+    return np.clip(covered / patch_area, 0.0, 1.0)
+
+
+def coverage_to_patch_mask(coverage: np.ndarray, threshold: float = DEFAULT_PATCH_MASK_THRESHOLD,
+                           fallback: Literal["argmax", "none"] = "argmax") -> tuple[np.ndarray, bool]:
+    """Patches owned by a region: `coverage >= threshold`, same shape as `coverage`, bool.
+
+    With `fallback="argmax"`, a region that owns no patch gets its single highest-coverage
+    patch (first in row-major order on ties), and the second value is True so callers can
+    count it. A region with zero coverage everywhere (e.g. cropped away in `square` mode)
+    owns nothing either way.
+    """
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"patch mask threshold must be in (0, 1], got {threshold}")
+    if fallback not in ("argmax", "none"):
+        raise ValueError(f"fallback must be 'argmax' or 'none', got {fallback!r}")
+    coverage = np.asarray(coverage)
+    owned = coverage >= threshold
+    if owned.any() or fallback == "none" or coverage.max(initial=0.0) <= 0.0:
+        return owned, False
+    owned.flat[int(np.argmax(coverage))] = True
+    return owned, True
+
+
+def vision_token_offset(select_feature: SelectFeature) -> int:
+    """Index of the first patch token among the vision tokens: 1 with `cls_patch` (CLS first), else 0."""
+    if select_feature == "patch":
+        return 0
+    if select_feature == "cls_patch":
+        return 1
+    raise ValueError(f"select_feature must be 'patch' or 'cls_patch', got {select_feature!r}")
+
+
+def patch_token_index(grid_index: int | np.ndarray,
+                      select_feature: SelectFeature = "patch") -> int | np.ndarray:
+    """Vision-token index of patch `grid_index` = row · G + column (row-major), for int or int array."""
+    return grid_index + vision_token_offset(select_feature)
