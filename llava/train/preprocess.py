@@ -85,8 +85,9 @@ def tokenize_conversation(
       assistant answer with its closing separator (`</s>` for v1) is supervised,
       everything else (system, user turns, role markers) is masked.
 
-    With `has_image` the prompt goes through `tokenizer_image_token` (each `<image>` →
-    `IMAGE_TOKEN_INDEX`, always masked), otherwise through the tokenizer directly.
+    With `has_image` (and always for PLAIN) the prompt goes through `tokenizer_image_token`
+    (each `<image>` → `IMAGE_TOKEN_INDEX`, always masked), otherwise through the tokenizer
+    directly, as upstream does for text-only samples.
 
     Returns `(input_ids, labels)`, both `(L,)` int64, labels `IGNORE_INDEX` where masked.
     Raises `LabelAlignmentError` (message names `sample_id`) when a supervision boundary
