@@ -1,0 +1,54 @@
+# Set-up and everyday commands. On a fresh machine only `python3` (with its venv module) is needed:
+#   make demo   # creates .venv, installs, runs the tiny CPU demo
+#   make test   # creates .venv, installs, runs the fast test suite
+# A CUDA machine installs its own torch first (see README.md); then `make install` keeps it.
+
+VENV ?= .venv
+PYTHON ?= python3
+# torch is installed on its own, before the project, so that a CPU-only machine can point it at the
+# PyTorch CPU index, e.g. make install TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+DEMO_CMD ?= bash scripts/tiny/demo.sh
+
+VENV_PYTHON := $(VENV)/bin/python
+PIP := $(VENV_PYTHON) -m pip
+INSTALL_STAMP := $(VENV)/.patch-align-installed
+
+.PHONY: venv install test test-all lint demo clean distclean
+
+venv: $(VENV_PYTHON)
+
+$(VENV_PYTHON):
+	$(PYTHON) -m venv $(VENV)
+
+install: $(INSTALL_STAMP)
+
+# Re-runs only when pyproject.toml changes. pycocoevalcap (the eval extra) is optional: it is only
+# needed for caption scores, so a failure to install it is reported and does not stop the set-up.
+$(INSTALL_STAMP): pyproject.toml | $(VENV_PYTHON)
+	$(VENV_PYTHON) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	$(PIP) install -e ".[dev,train]"
+	$(PIP) install -e ".[eval]" || echo "WARNING: the eval extra (pycocoevalcap) did not install;" \
+		"caption metrics (CIDEr/BLEU) are unavailable, everything else works."
+	touch $(INSTALL_STAMP)
+
+test: $(INSTALL_STAMP)
+	$(VENV_PYTHON) -m pytest -m "not slow" -q
+
+test-all: $(INSTALL_STAMP)
+	$(VENV_PYTHON) -m pytest -q
+
+lint: $(INSTALL_STAMP)
+	$(VENV)/bin/ruff check .
+
+demo: $(INSTALL_STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" VIRTUAL_ENV="$(abspath $(VENV))" $(DEMO_CMD)
+
+clean:
+	rm -rf build dist .pytest_cache .ruff_cache *.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+	rm -f $(INSTALL_STAMP)
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# LLaVA-1.5 stage 2: full instruction tuning of the LLM and projector (v1 template, padded images).
+# Recipe: 8 GPUs x 16 per device = global batch 128, lr 2e-5, 1 epoch, ZeRO-3.
+# Needs the stage-1 projector (PRETRAIN_MM_MLP_ADAPTER). Every path can be overridden from the
+# environment; extra flags are passed on. With fewer GPUs keep PER_DEVICE_BATCH x GRAD_ACCUM x GPUs = 128.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+MODEL_NAME_OR_PATH="${MODEL_NAME_OR_PATH:-lmsys/vicuna-7b-v1.5}"
+VISION_TOWER="${VISION_TOWER:-openai/clip-vit-large-patch14-336}"
+DATA_PATH="${DATA_PATH:-./playground/data/llava_v1_5_mix665k.json}"
+IMAGE_FOLDER="${IMAGE_FOLDER:-./playground/data}"
+PRETRAIN_MM_MLP_ADAPTER="${PRETRAIN_MM_MLP_ADAPTER:-./checkpoints/llava-v1.5-7b-pretrain/mm_projector.bin}"
+OUTPUT_DIR="${OUTPUT_DIR:-./checkpoints/llava-v1.5-7b}"
+PER_DEVICE_BATCH="${PER_DEVICE_BATCH:-16}"
+GRAD_ACCUM="${GRAD_ACCUM:-1}"
+
+exec deepspeed llava/train/train_mem.py \
+    --deepspeed ./scripts/zero3.json \
+    --model_name_or_path "$MODEL_NAME_OR_PATH" \
+    --version v1 \
+    --data_path "$DATA_PATH" \
+    --image_folder "$IMAGE_FOLDER" \
+    --vision_tower "$VISION_TOWER" \
+    --pretrain_mm_mlp_adapter "$PRETRAIN_MM_MLP_ADAPTER" \
+    --mm_projector_type mlp2x_gelu \
+    --mm_vision_select_layer -2 \
+    --mm_use_im_start_end False \
+    --mm_use_im_patch_token False \
+    --image_aspect_ratio pad \
+    --group_by_modality_length True \
+    --bf16 True \
+    --output_dir "$OUTPUT_DIR" \
+    --num_train_epochs 1 \
+    --per_device_train_batch_size "$PER_DEVICE_BATCH" \
+    --per_device_eval_batch_size 4 \
+    --gradient_accumulation_steps "$GRAD_ACCUM" \
+    --evaluation_strategy "no" \
+    --save_strategy "steps" \
+    --save_steps 50000 \
+    --save_total_limit 1 \
+    --learning_rate 2e-5 \
+    --weight_decay 0. \
+    --warmup_ratio 0.03 \
+    --lr_scheduler_type "cosine" \
+    --logging_steps 1 \
+    --tf32 True \
+    --model_max_length 2048 \
+    --gradient_checkpointing True \
+    --dataloader_num_workers 4 \
+    --lazy_preprocess True \
+    --report_to wandb \
+    "$@"
