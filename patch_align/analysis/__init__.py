@@ -1,0 +1,50 @@
+"""Analysis tools: compression entropy, patch-level alignment, multi-semantic decomposition, SEA probes.
+
+Definitions of every number: docs/metrics.md.
+"""
+
+from patch_align.analysis.alignment import (
+    AlignmentAccumulator,
+    ImageAlignment,
+    cosine_maps,
+    image_alignment,
+    mask_iou,
+    predict_region_masks,
+)
+from patch_align.analysis.decomposition import (
+    PursuitResult,
+    matching_pursuit,
+    orthogonal_matching_pursuit,
+    precision_recall_of_words,
+    word_token_ids,
+)
+from patch_align.analysis.entropy import (
+    SecondMomentAccumulator,
+    compression_report,
+    density_matrix,
+    matrix_entropy,
+    spectrum_entropy,
+)
+from patch_align.analysis.probes import embedding_gap, nearest_word_distances, nearest_words
+
+__all__ = [
+    "AlignmentAccumulator",
+    "ImageAlignment",
+    "PursuitResult",
+    "SecondMomentAccumulator",
+    "compression_report",
+    "cosine_maps",
+    "density_matrix",
+    "embedding_gap",
+    "image_alignment",
+    "mask_iou",
+    "matching_pursuit",
+    "matrix_entropy",
+    "nearest_word_distances",
+    "nearest_words",
+    "orthogonal_matching_pursuit",
+    "precision_recall_of_words",
+    "predict_region_masks",
+    "spectrum_entropy",
+    "word_token_ids",
+]
