@@ -175,3 +175,12 @@ def test_tokenizer_training_names_the_folder_when_the_corpus_is_empty(tmp_path):
 def test_tokenizer_training_reports_a_vocabulary_too_small_for_the_byte_pieces(tmp_path):
     with pytest.raises(ValueError, match="vocab_size=100"):
         train_sentencepiece_tokenizer(["a red box"] * 10, tmp_path / "tok", vocab_size=100)
+
+
+def test_golden_dir_fixture_points_the_golden_checkpoints_at_its_own_fixtures_copy(golden_dir):
+    config = json.loads((golden_dir / "llava-v1.5-tiny" / "config.json").read_text())
+    adapter = json.loads((golden_dir / "llava-v1.5-tiny-lora" / "adapter_config.json").read_text())
+
+    assert not [p for p in golden_dir.rglob("*.json") if "@FIXTURES@" in p.read_text()]
+    assert Path(config["mm_vision_tower"]) == (golden_dir / "fixtures-437" / "clip").resolve()
+    assert (Path(adapter["base_model_name_or_path"]) / "model.safetensors").is_file()
