@@ -4,6 +4,7 @@ Returns `(tokenizer, model, image_processor, context_len)` like upstream. The ch
 kind (full / projector + base / LoRA + base) comes from `checkpoints.detect_checkpoint_kind`;
 the folder name is only a hint and is never required.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -36,8 +37,14 @@ logger = logging.getLogger(__name__)
 
 def resolve_attn_implementation(requested: str | None) -> str | None:
     """`flash_attention_2` falls back to `sdpa` with a warning when flash-attn is not installed."""
-    if requested and requested.startswith("flash_attention") and importlib.util.find_spec("flash_attn") is None:
-        logger.warning("attn_implementation=%s requested but flash-attn is not installed: using sdpa", requested)
+    if (
+        requested
+        and requested.startswith("flash_attention")
+        and importlib.util.find_spec("flash_attn") is None
+    ):
+        logger.warning(
+            "attn_implementation=%s requested but flash-attn is not installed: using sdpa", requested
+        )
         return "sdpa"
     return requested
 
@@ -51,7 +58,9 @@ def _find_base(model_base: str | None, model_path: str, kind: CheckpointKind) ->
     else:
         hint = read_config_dict(model_path).get("_name_or_path")
     if hint and os.path.isdir(hint):
-        logger.warning("model_base not given for %s checkpoint %s: using %s recorded in it", kind.value, model_path, hint)
+        logger.warning(
+            "model_base not given for %s checkpoint %s: using %s recorded in it", kind.value, model_path, hint
+        )
         return hint
     raise ValueError(
         f"{model_path} is a {kind.value} checkpoint and needs the language model it was trained on: pass "
@@ -70,14 +79,20 @@ def _quantization_kwargs(load_8bit: bool, load_4bit: bool, dtype: torch.dtype) -
         return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True)}
     return {
         "quantization_config": BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4"
+            load_in_4bit=True,
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_quant_type="nf4",
         )
     }
 
 
 def _load_tokenizer(*candidates: str):
     for folder in candidates:
-        if folder and any((Path(folder) / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
+        if folder and any(
+            (Path(folder) / f).exists()
+            for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+        ):
             return AutoTokenizer.from_pretrained(folder, use_fast=False)
     return AutoTokenizer.from_pretrained(candidates[-1], use_fast=False)
 
@@ -125,7 +140,9 @@ def load_pretrained_model(
     if kind is CheckpointKind.LORA:
         base = _find_base(model_base, model_path, kind)
         config = LlavaConfig.from_pretrained(model_path)
-        tokenizer = _load_tokenizer(model_path if (Path(model_path) / "tokenizer_config.json").exists() else "", base)
+        tokenizer = _load_tokenizer(
+            model_path if (Path(model_path) / "tokenizer_config.json").exists() else "", base
+        )
         model = _load_base_with_new_projector(base, config, **load_kwargs)
         _match_vocab(model, config)
         if (Path(model_path) / NON_LORA_FILE).exists():
@@ -142,9 +159,13 @@ def load_pretrained_model(
         load_projector_file(model.get_model().mm_projector, Path(model_path) / PROJECTOR_FILE)
     elif is_multimodal_config(config_dict):
         if model_base:
-            logger.info("%s holds full weights: model_base %s is not needed and is ignored", model_path, model_base)
+            logger.info(
+                "%s holds full weights: model_base %s is not needed and is ignored", model_path, model_base
+            )
         tokenizer = _load_tokenizer(model_path)
-        model, info = LlavaLlamaForCausalLM.from_pretrained(model_path, output_loading_info=True, **load_kwargs)
+        model, info = LlavaLlamaForCausalLM.from_pretrained(
+            model_path, output_loading_info=True, **load_kwargs
+        )
         missing = [k for k in info["missing_keys"] if "vision_tower" not in k]
         if missing:
             raise ValueError(f"{model_path} is missing weights the model needs: {missing[:8]}")
@@ -162,7 +183,9 @@ def _load_base_with_new_projector(base: str, config, **load_kwargs):
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the expected 'MISSING mm_projector' report is noise here
     try:
-        model, info = LlavaLlamaForCausalLM.from_pretrained(base, config=config, output_loading_info=True, **load_kwargs)
+        model, info = LlavaLlamaForCausalLM.from_pretrained(
+            base, config=config, output_loading_info=True, **load_kwargs
+        )
     finally:
         hf_logging.set_verbosity(verbosity)
     missing = [k for k in info["missing_keys"] if "mm_projector" not in k and "vision_tower" not in k]

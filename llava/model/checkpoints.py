@@ -11,6 +11,7 @@ the files present and the config:
 
 Torch files are always read with `weights_only=True` and written atomically.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -49,12 +50,15 @@ def detect_checkpoint_kind(path: str | os.PathLike) -> CheckpointKind:
     names = {p.name for p in folder.iterdir()}
     if ADAPTER_CONFIG in names:
         return CheckpointKind.LORA
-    if names & set(_WEIGHT_FILES) or any(n.startswith("model-0") and n.endswith(".safetensors") for n in names):
+    if names & set(_WEIGHT_FILES) or any(
+        n.startswith("model-0") and n.endswith(".safetensors") for n in names
+    ):
         return CheckpointKind.FULL
     if PROJECTOR_FILE in names:
         return CheckpointKind.PROJECTOR
     raise ValueError(
-        f"{folder} is not a LLaVA checkpoint: expected model weights (model.safetensors / pytorch_model.bin), "
+        f"{folder} is not a LLaVA checkpoint: expected model weights "
+        "(model.safetensors / pytorch_model.bin), "
         f"{ADAPTER_CONFIG} (LoRA) or {PROJECTOR_FILE} (stage-1 projector); found {sorted(names)}"
     )
 
@@ -159,6 +163,8 @@ def load_non_lora_trainables(model: nn.Module, path: str | os.PathLike) -> list[
     with torch.no_grad():
         for key, value in cleaned.items():
             if own[key].shape != value.shape:
-                raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, model has {tuple(own[key].shape)}")
+                raise ValueError(
+                    f"{path}: {key} has shape {tuple(value.shape)}, model has {tuple(own[key].shape)}"
+                )
             own[key].copy_(value.to(own[key].dtype))
     return sorted(cleaned)

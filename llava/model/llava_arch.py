@@ -10,6 +10,7 @@ Data flow for one batch (shapes for CLIP-L/336 and a 7B LLM):
         --> each image token replaced by its image's 576 feature vectors, labels IGNORE_INDEX there
         --> re-padded (right, or left for generation) and truncated to tokenizer_model_max_length
 """
+
 from __future__ import annotations
 
 import logging
@@ -124,9 +125,7 @@ def splice_image_features(
     projector parameter gets a gradient under DDP/ZeRO).
     """
     batch = input_ids.shape[0]
-    keep = (
-        torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    )
+    keep = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
     if labels is None:
         labels = torch.full_like(input_ids, IGNORE_INDEX)
     rows = [input_ids[i][keep[i]] for i in range(batch)]
@@ -146,7 +145,7 @@ def splice_image_features(
 
     embeds, new_labels, truncated = [], [], 0
     next_image = 0
-    for ids, lab, n_img in zip(rows, row_labels, n_tokens):
+    for ids, lab, n_img in zip(rows, row_labels, n_tokens, strict=True):
         if n_img == 0:
             emb = embed_tokens(ids)
             if text_only_consumes:
@@ -167,7 +166,9 @@ def splice_image_features(
                 feat = features[next_image].to(text_embeds[k].dtype)
                 next_image += 1
                 pieces.append(feat)
-                piece_labels.append(torch.full((feat.shape[0],), IGNORE_INDEX, device=lab.device, dtype=lab.dtype))
+                piece_labels.append(
+                    torch.full((feat.shape[0],), IGNORE_INDEX, device=lab.device, dtype=lab.dtype)
+                )
         embeds.append(torch.cat(pieces))  # out of place: activation checkpointing hooks the embeddings
         new_labels.append(torch.cat(piece_labels))
 
@@ -185,7 +186,7 @@ def splice_image_features(
     out_mask = torch.zeros((batch, longest), dtype=torch.bool, device=device)
     out_pos = torch.zeros((batch, longest), dtype=torch.long, device=device)
     padded = []
-    for i, (emb, lab) in enumerate(zip(embeds, new_labels)):
+    for i, (emb, lab) in enumerate(zip(embeds, new_labels, strict=True)):
         n = emb.shape[0]
         span = slice(longest - n, longest) if padding_side == "left" else slice(0, n)
         pad = longest - n
@@ -280,7 +281,10 @@ class LlavaMetaForCausalLM:
             self.resize_token_embeddings(len(tokenizer))
             if added > 0:
                 # new rows start at the mean of the existing embeddings (a neutral starting point)
-                for table in (self.get_input_embeddings().weight.data, self.get_output_embeddings().weight.data):
+                for table in (
+                    self.get_input_embeddings().weight.data,
+                    self.get_output_embeddings().weight.data,
+                ):
                     table[-added:] = table[:-added].mean(dim=0, keepdim=True)
             if model_args.tune_mm_mlp_adapter:
                 for p in self.get_input_embeddings().parameters():
@@ -288,7 +292,9 @@ class LlavaMetaForCausalLM:
                 for p in self.get_output_embeddings().parameters():
                     p.requires_grad = False
             if model_args.pretrain_mm_mlp_adapter:
-                weights = torch.load(model_args.pretrain_mm_mlp_adapter, map_location="cpu", weights_only=True)
+                weights = torch.load(
+                    model_args.pretrain_mm_mlp_adapter, map_location="cpu", weights_only=True
+                )
                 if "model.embed_tokens.weight" in weights:
                     src = weights["model.embed_tokens.weight"]
                     dst = self.get_input_embeddings().weight.data
@@ -298,7 +304,8 @@ class LlavaMetaForCausalLM:
                         dst[-added:] = src
                     else:
                         raise ValueError(
-                            f"embed_tokens in {model_args.pretrain_mm_mlp_adapter} has shape {tuple(src.shape)}; "
+                            f"embed_tokens in {model_args.pretrain_mm_mlp_adapter} has shape "
+                            f"{tuple(src.shape)}; "
                             f"expected {tuple(dst.shape)} or ({added}, D)"
                         )
         elif model_args.mm_use_im_patch_token and model_args.tune_mm_mlp_adapter:

@@ -1,4 +1,5 @@
 """`LlavaLlamaForCausalLM`: Llama + CLIP tower + projector, registered as `llava_llama`."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -76,7 +77,13 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
                 labels,
                 image_features,
             ) = self.prepare_inputs_labels_for_multimodal(
-                input_ids, position_ids, attention_mask, cache, labels, images, image_sizes,
+                input_ids,
+                position_ids,
+                attention_mask,
+                cache,
+                labels,
+                images,
+                image_sizes,
                 return_image_features=True,
             )
         outputs = super().forward(
@@ -121,12 +128,16 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
             padding_side="left",
             max_length=getattr(self.config, "tokenizer_model_max_length", None),
         )
-        return super().generate(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask, **kwargs)
+        return super().generate(
+            inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask, **kwargs
+        )
 
     def prepare_inputs_for_generation(self, input_ids, cache=None, inputs_embeds=None, **kwargs):
         images = kwargs.pop("images", None)
         image_sizes = kwargs.pop("image_sizes", None)
-        inputs = super().prepare_inputs_for_generation(input_ids, cache=cache, inputs_embeds=inputs_embeds, **kwargs)
+        inputs = super().prepare_inputs_for_generation(
+            input_ids, cache=cache, inputs_embeds=inputs_embeds, **kwargs
+        )
         if images is not None:
             inputs["images"] = images
         if image_sizes is not None:

@@ -1,4 +1,5 @@
 """Builds the vision tower named by a config (`mm_vision_tower` or `vision_tower`)."""
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ cannot load its own weights inside the language model's `__init__`. The wrapper 
 therefore created *delayed* (config only) and `load_model()` is called once the language
 model exists: by the training entry, or by `load_pretrained_model`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,7 +32,8 @@ class CLIPVisionTower(nn.Module):
         self.select_feature = getattr(args, "mm_vision_select_feature", "patch")
         if self.select_feature not in SELECT_FEATURES:
             raise ValueError(
-                f"mm_vision_select_feature={self.select_feature!r} is not supported; use one of {SELECT_FEATURES}"
+                f"mm_vision_select_feature={self.select_feature!r} is not supported; "
+                f"use one of {SELECT_FEATURES}"
             )
         # Upstream's flag to load the tower right away even when delayed (used when it is trained).
         unfreeze = getattr(args, "unfreeze_mm_vision_tower", False)
@@ -53,7 +55,9 @@ class CLIPVisionTower(nn.Module):
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            tower, info = CLIPVisionModel.from_pretrained(self.vision_tower_name, output_loading_info=True, **kwargs)
+            tower, info = CLIPVisionModel.from_pretrained(
+                self.vision_tower_name, output_loading_info=True, **kwargs
+            )
         finally:
             hf_logging.set_verbosity(verbosity)
         if info["missing_keys"]:
@@ -77,7 +81,9 @@ class CLIPVisionTower(nn.Module):
         return self._encode(images)
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
-        outputs = self.vision_tower(images.to(device=self.device, dtype=self.dtype), output_hidden_states=True)
+        outputs = self.vision_tower(
+            images.to(device=self.device, dtype=self.dtype), output_hidden_states=True
+        )
         return self.feature_select(outputs).to(images.dtype)
 
     @property

@@ -5,6 +5,7 @@ unchanged: `linear` is one `nn.Linear`; `mlp{N}x_gelu` is an `nn.Sequential` of 
 linears with GELU between them (linears at indices 0, 2, 4, ...); `identity` passes the
 features through (requires C == D).
 """
+
 from __future__ import annotations
 
 import re
@@ -40,6 +41,8 @@ def build_vision_projector(config, delay_load: bool = False, **kwargs) -> nn.Mod
         return nn.Sequential(*layers)
     if projector_type == "identity":
         if in_dim != out_dim:
-            raise ValueError(f"identity projector needs mm_hidden_size == hidden_size, got {in_dim} != {out_dim}")
+            raise ValueError(
+                f"identity projector needs mm_hidden_size == hidden_size, got {in_dim} != {out_dim}"
+            )
         return IdentityMap()
     raise ValueError(f"unknown mm_projector_type {projector_type!r}: use linear, mlp<N>x_gelu or identity")

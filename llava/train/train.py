@@ -1,0 +1,216 @@
+"""LLaVA training entry: `python llava/train/train.py ...` or `python -m llava.train.train ...`.
+
+Read top to bottom: parse flags → tokenizer → language model → (LoRA) → vision tower and
+projector → what trains → data → trainer → train (resuming if checkpoints exist) → save.
+Flags and defaults are upstream LLaVA's (see `arguments.py`); a plugin changes the
+dataset, collator, trainer class and callbacks through a `TrainRecipe`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import sys
+
+if __package__ in (None, ""):  # run as a file path, as upstream's launch scripts do
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+
+import torch
+import transformers
+from transformers import AutoTokenizer, HfArgumentParser, set_seed
+
+from llava.model import LlavaLlamaForCausalLM
+from llava.model.builder import resolve_attn_implementation
+from llava.model.checkpoints import NON_LORA_FILE, atomic_torch_save, state_dict_matching
+from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments
+from llava.train.data import conversation_template
+from llava.train.llava_trainer import unwrap_peft
+from llava.train.recipe import TrainContext, TrainRecipe
+
+logger = logging.getLogger("llava.train")
+
+
+def compute_dtype(training_args) -> torch.dtype:
+    if training_args.bf16:
+        return torch.bfloat16
+    if training_args.fp16:
+        return torch.float16
+    return torch.float32
+
+
+def load_tokenizer(model_args, training_args):
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.model_name_or_path,
+        cache_dir=training_args.cache_dir,
+        model_max_length=training_args.model_max_length,
+        padding_side="right",
+        use_fast=False,
+    )
+    tokenizer.padding_side = "right"  # transformers 5's LlamaTokenizer defaults to left
+    if model_args.version == "v0" and tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+    elif tokenizer.pad_token is None or model_args.version != "v0":
+        # LLaMA has no pad token; upstream pads with <unk> (the attention mask, not the id, marks padding)
+        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+    return tokenizer
+
+
+def load_language_model(model_args, training_args, attn_implementation: str | None):
+    kwargs = {
+        "cache_dir": training_args.cache_dir,
+        "dtype": compute_dtype(training_args) if training_args.bf16 else torch.float32,
+    }
+    attn = resolve_attn_implementation(attn_implementation)
+    if attn:
+        kwargs["attn_implementation"] = attn
+    if training_args.bits in (4, 8):
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=training_args.bits == 4,
+            load_in_8bit=training_args.bits == 8,
+            bnb_4bit_compute_dtype=compute_dtype(training_args),
+            bnb_4bit_use_double_quant=training_args.double_quant,
+            bnb_4bit_quant_type=training_args.quant_type,
+        )
+    if model_args.vision_tower is not None:
+        model = LlavaLlamaForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
+    else:
+        model = transformers.AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
+    model.config.use_cache = False
+    if model_args.freeze_backbone:
+        model.model.requires_grad_(False)
+    if training_args.gradient_checkpointing:
+        # the LLM may be frozen: make its input embeddings require grad so checkpointed
+        # segments still carry gradients back to the projector
+        model.enable_input_require_grads()
+    return model
+
+
+def linear_layer_names(model) -> list[str]:
+    """Short names of the LLM's linear layers (LoRA targets): not the tower, projector or head."""
+    skip = ("mm_projector", "vision_tower", "vision_resampler", "lm_head")
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and not any(s in name for s in skip)
+    }
+    return sorted(names)
+
+
+def apply_lora(model, training_args):
+    """Wrap the LLM with LoRA adapters; done before the tower exists, so adapters land on the LLM only."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=training_args.lora_r,
+        lora_alpha=training_args.lora_alpha,
+        target_modules=linear_layer_names(model),
+        lora_dropout=training_args.lora_dropout,
+        bias=training_args.lora_bias,
+        task_type="CAUSAL_LM",
+    )
+    if training_args.bits == 16 and training_args.bf16:
+        model.to(torch.bfloat16)
+    logger.info("adding LoRA adapters (r=%d) to %s", training_args.lora_r, config.target_modules)
+    return get_peft_model(model, config)
+
+
+def attach_vision(model, tokenizer, model_args, data_args, training_args) -> None:
+    """Load the tower, build/load the projector, and record the multimodal settings in the config."""
+    llava = unwrap_peft(model)
+    llava.get_model().initialize_vision_modules(model_args=model_args, fsdp=training_args.fsdp)
+    tower = llava.get_vision_tower()
+    tower.vision_tower.to(dtype=compute_dtype(training_args), device=training_args.device)
+    data_args.image_processor = tower.image_processor
+    data_args.is_multimodal = True
+    data_args.mm_use_im_start_end = model_args.mm_use_im_start_end
+    config = llava.config
+    config.image_aspect_ratio = data_args.image_aspect_ratio
+    config.tokenizer_padding_side = tokenizer.padding_side
+    config.tokenizer_model_max_length = tokenizer.model_max_length
+    config.tune_mm_mlp_adapter = training_args.tune_mm_mlp_adapter = model_args.tune_mm_mlp_adapter
+    config.freeze_mm_mlp_adapter = training_args.freeze_mm_mlp_adapter
+    config.mm_use_im_start_end = model_args.mm_use_im_start_end
+    config.mm_projector_lr = training_args.mm_projector_lr
+    config.mm_use_im_patch_token = model_args.mm_use_im_patch_token
+    if model_args.tune_mm_mlp_adapter:  # stage 1: only the projector trains
+        llava.requires_grad_(False)
+        llava.get_model().mm_projector.requires_grad_(True)
+    if training_args.freeze_mm_mlp_adapter:
+        llava.get_model().mm_projector.requires_grad_(False)
+    llava.initialize_vision_tokenizer(model_args, tokenizer=tokenizer)
+
+
+def save_trained_model(trainer, model, training_args, ctx: TrainContext) -> None:
+    """Write what upstream writes: projector only (stage 1), LoRA + non-LoRA, or the full model."""
+    out = training_args.output_dir
+    if getattr(training_args, "tune_mm_mlp_adapter", False):
+        trainer.save_model(out)  # LLaVATrainer writes mm_projector.bin + config.json
+        return
+    if training_args.lora_enable:
+        non_lora = {
+            k: v
+            for k, v in state_dict_matching(model, ("",)).items()
+            if "lora_" not in k and dict(model.named_parameters())[k].requires_grad
+        }
+        if training_args.should_save:
+            unwrap_peft(model).config.save_pretrained(out)
+            model.save_pretrained(out)
+            atomic_torch_save(non_lora, os.path.join(out, NON_LORA_FILE))
+        return
+    trainer.save_model(out)
+
+
+def train(
+    recipe: TrainRecipe | None = None, argv: list[str] | None = None, attn_implementation: str | None = None
+) -> None:
+    """Run one LLaVA training from command-line flags (`argv`, default `sys.argv[1:]`)."""
+    recipe = recipe or TrainRecipe()
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, *recipe.extra_arguments))
+    model_args, data_args, training_args, *extra = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(
+        level=logging.INFO if training_args.should_log else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    set_seed(training_args.seed)  # before the projector is built: runs are reproducible
+    data_args.version = model_args.version
+
+    tokenizer = load_tokenizer(model_args, training_args)
+    model = load_language_model(model_args, training_args, attn_implementation)
+    if training_args.lora_enable:
+        model = apply_lora(model, training_args)
+    if model_args.vision_tower is not None:
+        attach_vision(model, tokenizer, model_args, data_args, training_args)
+    conversation_template(model_args.version)  # fail (or warn) about --version before any data work
+    logger.info(
+        "template %s; trainable parameters: %d",
+        model_args.version,
+        sum(p.numel() for p in model.parameters() if p.requires_grad),
+    )
+
+    ctx = TrainContext(
+        model_args, data_args, training_args, {type(a).__name__: a for a in extra}, tokenizer, model
+    )
+    dataset = recipe.make_dataset(ctx)
+    for key, value in recipe.config_entries(ctx).items():
+        setattr(unwrap_peft(model).config, key, value)
+    trainer = recipe.trainer_class(
+        model=model,
+        processing_class=tokenizer,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=recipe.make_collator(ctx),
+        callbacks=recipe.make_callbacks(ctx),
+        **recipe.trainer_kwargs(ctx),
+    )
+    resume = any(pathlib.Path(training_args.output_dir).glob("checkpoint-*"))
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    trainer.save_state()
+    unwrap_peft(model).config.use_cache = True
+    save_trained_model(trainer, model, training_args, ctx)
+
+
+if __name__ == "__main__":
+    train()
