@@ -1,0 +1,1 @@
+"""patch-align: fine-grained vision-language alignment for the LLaVA projector stage."""
