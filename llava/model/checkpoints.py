@@ -18,6 +18,7 @@ import contextlib
 import enum
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -168,3 +169,25 @@ def load_non_lora_trainables(model: nn.Module, path: str | os.PathLike) -> list[
                 )
             own[key].copy_(value.to(own[key].dtype))
     return sorted(cleaned)
+
+
+def write_tokenizer(tokenizer, output_dir: str | os.PathLike) -> None:
+    """`save_pretrained` plus the files transformers 4.x readers (upstream LLaVA) need.
+
+    transformers 5 writes only `tokenizer.json` (which 4.37's tokenizers cannot parse) and
+    drops `legacy` from `tokenizer_config.json` (4.x then assumes legacy=True, which
+    tokenises text after `</s>` differently). Upstream loads the slow SentencePiece
+    tokenizer, so the original `tokenizer.model` is copied and `legacy` written back.
+    """
+    output_dir = Path(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    source = getattr(tokenizer, "vocab_file", None)
+    target = output_dir / "tokenizer.model"
+    if source and os.path.isfile(source) and not target.exists():
+        shutil.copyfile(source, target)
+    config_path = output_dir / "tokenizer_config.json"
+    if config_path.exists():
+        config = json.loads(config_path.read_text())
+        if "legacy" not in config and hasattr(tokenizer, "legacy"):
+            config["legacy"] = bool(tokenizer.legacy)
+            config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")

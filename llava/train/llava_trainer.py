@@ -13,6 +13,7 @@ from llava.model.checkpoints import (
     atomic_torch_save,
     load_projector_file,
     projector_state_dict,
+    write_tokenizer,
 )
 
 from .sampler import ModalityLengthGroupedSampler
@@ -77,6 +78,12 @@ class LLaVATrainer(Trainer):
             os.makedirs(output_dir, exist_ok=True)
             atomic_torch_save(state, os.path.join(output_dir, PROJECTOR_FILE))
             model.config.save_pretrained(output_dir)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        if self.args.should_save and self.processing_class is not None:
+            # also readable by upstream LLaVA (transformers 4.x): tokenizer.model + legacy flag
+            write_tokenizer(self.processing_class, output_dir or self.args.output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         projector = os.path.join(resume_from_checkpoint, PROJECTOR_FILE)
