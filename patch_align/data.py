@@ -1,0 +1,249 @@
+"""The PAD-aware training data: LLaVA samples plus their regions' patch masks and label ids.
+
+`PadAlignedDataset[i]` is `LazySupervisedDataset[i]` plus
+- `region_masks` (R, N) bool: the vision tokens each region owns (N = grid patches, + 1 with
+  `cls_patch`, whose CLS token no region owns),
+- `region_label_ids`: R lists of token ids (see `objectives.label_embedding.tokenize_label`),
+- counters `pad_regions_skipped` (bad PAD data, `--pad_on_error skip`), `pad_regions_outside`
+  (regions with no patch in the model's view, e.g. cropped away in `square` mode) and
+  `pad_regions_fallback` (regions given their best patch because none reached τ).
+Masks are decoded and pooled here, i.e. in the dataloader workers, off the training
+process's critical path. The counters travel with the batch so the trainer can log them
+whatever process decoded the masks.
+
+`PadAlignedCollator` batches the regions ragged: `region_masks` (ΣR, N), `region_sample_index`
+(ΣR,), `region_label_ids` (ΣR, L_max) padded with 0 and `region_label_mask` (ΣR, L_max).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from llava.train.data import DataCollatorForSupervisedDataset, LazySupervisedDataset
+from patch_align.geometry import (
+    coverage_to_patch_mask,
+    mask_to_patch_coverage,
+    processor_transform,
+    vision_token_offset,
+)
+from patch_align.objectives.label_embedding import tokenize_label
+from patch_align.pad import MaskDecodeError, PadFormatError, PadRecord, decode_region_mask, find_pad_record
+
+logger = logging.getLogger(__name__)
+
+PAD_ON_ERROR = ("error", "skip")
+REGION_COUNTERS = ("pad_regions_skipped", "pad_regions_outside", "pad_regions_fallback")
+
+
+class PadRecordError(ValueError):
+    """A PAD record (or one of its regions) that cannot be used for training; names the id."""
+
+
+@dataclass(frozen=True)
+class PatchGrid:
+    """Where regions land: the image transform mode, the processor's sizes and the tower's patches.
+
+    `aspect_mode` is `--image_aspect_ratio` (`pad` or `square`); `image_processor` the
+    tower's CLIP processor; `patch_size` the tower's patch side in model pixels;
+    `select_feature` `--mm_vision_select_feature` (`cls_patch` puts CLS first).
+    """
+
+    aspect_mode: str
+    image_processor: Any
+    patch_size: int
+    select_feature: str = "patch"
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        crop = self.image_processor.crop_size
+        return crop["height"] // self.patch_size, crop["width"] // self.patch_size
+
+    @property
+    def num_tokens(self) -> int:
+        """Vision tokens per image N (patches, plus CLS with `cls_patch`)."""
+        rows, cols = self.grid_shape
+        return rows * cols + vision_token_offset(self.select_feature)
+
+
+@dataclass
+class RegionTargets:
+    """One sample's usable regions: masks (R, N) bool, label ids, and the per-sample counters."""
+
+    masks: torch.Tensor
+    label_ids: list[list[int]]
+    skipped: int = 0
+    outside: int = 0
+    fallback: int = 0
+
+
+class PadAlignedDataset(LazySupervisedDataset):
+    """LLaVA's lazy dataset whose items also carry the regions of the sample's PAD record.
+
+    Samples without a PAD record, without regions, or without an image yield R = 0 and
+    train on the caption loss alone. With `on_error="error"` a bad record (image joined
+    to another picture, image size differing from the record, undecodable or mis-sized
+    mask, empty mask, label without tokens) raises `PadRecordError` naming the id; with
+    `"skip"` its bad regions are dropped, counted and logged.
+    """
+
+    def __init__(
+        self,
+        data_path: str,
+        tokenizer,
+        data_args,
+        pad_index: dict[str, PadRecord],
+        grid: PatchGrid,
+        threshold: float,
+        fallback: str = "argmax",
+        on_error: str = "error",
+    ):
+        super().__init__(data_path, tokenizer, data_args)
+        if on_error not in PAD_ON_ERROR:
+            raise ValueError(f"--pad_on_error must be one of {PAD_ON_ERROR}, got {on_error!r}")
+        coverage_to_patch_mask(np.zeros((1, 1)), threshold, fallback)  # validates τ and fallback up front
+        self.pad_index = pad_index
+        self.grid = grid
+        self.threshold = threshold
+        self.fallback = fallback
+        self.on_error = on_error
+        self._label_ids: dict[str, list[int]] = {}
+        self.skipped_regions = 0  # in this process (each dataloader worker counts its own)
+        sample_ids = {self.sample_id(i) for i in range(len(self))}
+        unmatched = sum(1 for pad_id in pad_index if pad_id not in sample_ids)
+        matched = len(pad_index) - unmatched
+        logger.info(
+            "PAD: %d of %d samples have a PAD record; %d PAD records match no sample",
+            matched,
+            len(self),
+            unmatched,
+        )
+
+    def get_item(self, i: int) -> dict[str, Any]:
+        item = super().get_item(i)
+        sample = self.list_data_dict[i]
+        targets = self.region_targets(sample, self.sample_id(i))
+        item["region_masks"] = targets.masks
+        item["region_label_ids"] = targets.label_ids
+        item["pad_regions_skipped"] = targets.skipped
+        item["pad_regions_outside"] = targets.outside
+        item["pad_regions_fallback"] = targets.fallback
+        return item
+
+    def _no_regions(self, skipped: int = 0) -> RegionTargets:
+        return RegionTargets(torch.zeros((0, self.grid.num_tokens), dtype=torch.bool), [], skipped=skipped)
+
+    def _bad(self, record_id: str, reason: str, n_regions: int) -> None:
+        """Raise (`error`) or count and log (`skip`) `n_regions` regions lost to bad PAD data."""
+        if self.on_error == "error":
+            raise PadRecordError(
+                f"PAD record {record_id}: {reason} "
+                "(fix the PAD file, or pass --pad_on_error skip to drop such regions)"
+            )
+        self.skipped_regions += n_regions
+        logger.warning(
+            "PAD record %s: skipping %d region(s): %s (%d skipped so far in this process)",
+            record_id,
+            n_regions,
+            reason,
+            self.skipped_regions,
+        )
+
+    def region_targets(self, sample: dict, sample_id: str) -> RegionTargets:
+        """The usable regions of one LLaVA sample (R = 0 when it has no image or PAD record)."""
+        if "image" not in sample:
+            return self._no_regions()
+        try:
+            record = find_pad_record(self.pad_index, sample_id, sample["image"])
+        except PadFormatError as err:
+            record = self.pad_index[sample_id]
+            self._bad(sample_id, str(err), len(record.regions))
+            return self._no_regions(len(record.regions))
+        if record is None or not record.regions:
+            return self._no_regions()
+        image_path = Path(self.data_args.image_folder or "") / record.image
+        with Image.open(image_path) as image:
+            actual = image.size
+        if actual != (record.width, record.height):
+            self._bad(
+                record.id,
+                f"image {image_path} is {actual[0]}x{actual[1]}, the record says "
+                f"{record.width}x{record.height}",
+                len(record.regions),
+            )
+            return self._no_regions(len(record.regions))
+
+        transform = processor_transform(
+            record.width, record.height, self.grid.aspect_mode, self.grid.image_processor
+        )
+        offset = vision_token_offset(self.grid.select_feature)
+        masks, label_ids = [], []
+        targets = self._no_regions()
+        for index, region in enumerate(record.regions):
+            ids = self._tokenize(region.label)
+            if not ids:
+                self._bad(record.id, f"region {index}: label {region.label!r} has no tokens", 1)
+                targets.skipped += 1
+                continue
+            try:
+                mask = decode_region_mask(region, record.height, record.width)
+            except MaskDecodeError as err:
+                self._bad(record.id, f"region {index} ({region.label!r}): {err}", 1)
+                targets.skipped += 1
+                continue
+            if not mask.any():
+                self._bad(record.id, f"region {index} ({region.label!r}): empty mask", 1)
+                targets.skipped += 1
+                continue
+            coverage = mask_to_patch_coverage(mask, transform, patch_size=self.grid.patch_size)
+            owned, used_fallback = coverage_to_patch_mask(coverage, self.threshold, self.fallback)
+            if not owned.any():
+                targets.outside += 1
+                continue
+            targets.fallback += int(used_fallback)
+            token_mask = torch.zeros(self.grid.num_tokens, dtype=torch.bool)
+            token_mask[offset:] = torch.from_numpy(owned.reshape(-1))
+            masks.append(token_mask)
+            label_ids.append(ids)
+        if masks:
+            targets.masks = torch.stack(masks)
+            targets.label_ids = label_ids
+        return targets
+
+    def _tokenize(self, label: str) -> list[int]:
+        if label not in self._label_ids:
+            self._label_ids[label] = tokenize_label(self.tokenizer, label)
+        return self._label_ids[label]
+
+
+@dataclass
+class PadAlignedCollator:
+    """LLaVA's collator plus the ragged region tensors (see the module docstring) and summed counters."""
+
+    base: DataCollatorForSupervisedDataset
+
+    def __call__(self, instances: list[dict]) -> dict[str, torch.Tensor]:
+        batch = self.base(instances)
+        masks = [inst["region_masks"] for inst in instances]
+        labels = [ids for inst in instances for ids in inst["region_label_ids"]]
+        longest = max((len(ids) for ids in labels), default=0)
+        label_ids = torch.zeros((len(labels), longest), dtype=torch.long)
+        label_mask = torch.zeros((len(labels), longest), dtype=torch.bool)
+        for row, ids in enumerate(labels):
+            label_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            label_mask[row, : len(ids)] = True
+        batch["region_masks"] = torch.cat(masks)
+        batch["region_sample_index"] = torch.cat(
+            [torch.full((m.shape[0],), sample, dtype=torch.long) for sample, m in enumerate(masks)]
+        )
+        batch["region_label_ids"] = label_ids
+        batch["region_label_mask"] = label_mask
+        for counter in REGION_COUNTERS:
+            batch[counter] = torch.tensor(sum(inst[counter] for inst in instances), dtype=torch.long)
+        return batch

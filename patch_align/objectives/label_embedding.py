@@ -1,0 +1,98 @@
+"""Label targets in the LLM's input-embedding space: the mean of a label's token embeddings.
+
+Tokenisation (our choice; the paper is silent): a label is tokenised as a word in running
+text, `tokenizer(label.strip(), add_special_tokens=False)`: no BOS, no EOS, and no extra
+leading space added by us. LLaMA's SentencePiece tokenizer (Metaspace, prepend "first")
+already gives the first word its word-start marker, so "red box" yields exactly the ids
+that "red box" has inside a caption such as "a red box and ..." (tests check this).
+
+The embeddings are computed through the embedding *module* (`model.get_input_embeddings()`),
+never by reading its weight tensor: under DeepSpeed ZeRO-3 the weight is partitioned (shape
+(0,)) and only the module's forward hooks gather it. Targets carry no gradient (our choice):
+the loss moves the vision tokens towards the words, never the vocabulary towards the image.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def tokenize_label(tokenizer, label: str) -> list[int]:
+    """Token ids of `label` as a word in running text (no special tokens); [] when it has none."""
+    return list(tokenizer(label.strip(), add_special_tokens=False).input_ids)
+
+
+def mean_label_embeddings(
+    embedding: nn.Module, label_ids: torch.Tensor, label_mask: torch.Tensor
+) -> torch.Tensor:
+    """Mean input embedding of each label's tokens: (R, D) float32.
+
+    `label_ids` (R, L) long, padded; `label_mask` (R, L) bool marks real tokens (every row
+    needs at least one). Runs the embedding module (ZeRO-3 safe) without gradient.
+    """
+    if label_ids.shape != label_mask.shape:
+        raise ValueError(
+            f"label_ids {tuple(label_ids.shape)} and label_mask {tuple(label_mask.shape)} differ"
+        )
+    counts = label_mask.sum(dim=1, keepdim=True)
+    if label_ids.shape[0] and int(counts.min()) == 0:
+        raise ValueError("every label needs at least one token (empty labels are dropped by the dataset)")
+    with torch.no_grad():
+        embedded = embedding(label_ids).float()  # (R, L, D)
+        summed = (embedded * label_mask.unsqueeze(-1).to(embedded.dtype)).sum(dim=1)
+    return summed / counts.to(summed.dtype)
+
+
+def _is_partitioned(weight: torch.Tensor) -> bool:
+    """True for a DeepSpeed ZeRO-3 parameter (its data lives in shards across ranks)."""
+    return hasattr(weight, "ds_id")
+
+
+class LabelEmbeddingCache:
+    """`mean_label_embeddings` with a per-label cache, used only while the table is frozen.
+
+    A label's target is cached (by its token ids) when the embedding weight does not require
+    grad, e.g. stage 1, where the LLM is frozen. As soon as the table trains (`requires_grad`, e.g.
+    `--mm_use_im_start_end` makes it trainable), or the module or its shape changes (token
+    resizing), the cache is emptied and targets are recomputed each step from the current weights.
+    Under ZeRO-3 the embedding module is called on every step, even when every label is
+    cached (with zero ids then), so that all ranks join the same parameter gathers.
+    """
+
+    def __init__(self) -> None:
+        self._targets: dict[tuple[int, ...], torch.Tensor] = {}
+        self._table_key: tuple | None = None
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+    def __call__(
+        self, embedding: nn.Module, label_ids: torch.Tensor, label_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Same contract as `mean_label_embeddings`: (R, L) ids + mask → (R, D) float32."""
+        weight = embedding.weight
+        partitioned = _is_partitioned(weight)
+        shape = tuple(getattr(weight, "ds_shape", weight.shape))
+        table_key = (id(embedding), shape, weight.device)
+        if weight.requires_grad or table_key != self._table_key:
+            self._targets.clear()
+            self._table_key = table_key
+        if weight.requires_grad:
+            return mean_label_embeddings(embedding, label_ids, label_mask)
+
+        keys = [tuple(row[m].tolist()) for row, m in zip(label_ids, label_mask, strict=True)]
+        missing = sorted({k for k in keys if k not in self._targets})
+        if missing or partitioned:
+            width = max((len(k) for k in missing), default=0)
+            ids = torch.zeros((len(missing), width), dtype=torch.long, device=label_ids.device)
+            mask = torch.zeros((len(missing), width), dtype=torch.bool, device=label_ids.device)
+            for row, key in enumerate(missing):
+                ids[row, : len(key)] = torch.tensor(key, dtype=torch.long)
+                mask[row, : len(key)] = True
+            for key, target in zip(missing, mean_label_embeddings(embedding, ids, mask), strict=True):
+                self._targets[key] = target
+        if not keys:
+            dim = embedding.embedding_dim
+            return torch.zeros((0, dim), dtype=torch.float32, device=label_ids.device)
+        return torch.stack([self._targets[k] for k in keys]).to(label_ids.device)
