@@ -1,0 +1,192 @@
+"""Answer one query about zero or more images, upstream's `python -m llava.eval.run_llava`.
+
+    python -m llava.eval.run_llava --model-path CKPT --image-file a.png[,b.png] --query "What is this?"
+
+Also home of the prompt helpers the other inference entry points share: the conversation
+mode inferred from the model name, the image tokens put in front of a query, the stop
+string of a template, and the device choice with CPU fallback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from llava.constants import (
+    DEFAULT_IM_END_TOKEN,
+    DEFAULT_IM_START_TOKEN,
+    DEFAULT_IMAGE_TOKEN,
+    IMAGE_PLACEHOLDER,
+)
+from llava.conversation import Conversation, SeparatorStyle, conv_templates
+from llava.eval.generation import generate_batch
+from llava.mm_utils import get_model_name_from_path
+from llava.model.builder import load_pretrained_model
+from llava.utils import disable_torch_init
+
+logger = logging.getLogger(__name__)
+
+
+def conv_mode_for_model(model_name: str) -> str:
+    """The chat template upstream picks for a model name (first matching rule wins)."""
+    name = model_name.lower()
+    if "llama-2" in name:
+        return "llava_llama_2"
+    if "mistral" in name:
+        return "mistral_instruct"
+    if "v1.6-34b" in name:
+        return "chatml_direct"
+    if "v1" in name:
+        return "llava_v1"
+    if "mpt" in name:
+        return "mpt"
+    return "llava_v0"
+
+
+def choose_conv_mode(model_name: str, requested: str | None) -> str:
+    """`requested` if given (warning when it differs from the inferred one), else the inferred mode."""
+    inferred = conv_mode_for_model(model_name)
+    if requested is None:
+        return inferred
+    if requested not in conv_templates:
+        raise ValueError(f"--conv-mode {requested!r} is not a template; choose from {sorted(conv_templates)}")
+    if requested != inferred:
+        logger.warning("conversation mode inferred from %s is %s; using --conv-mode %s", model_name, inferred,
+                       requested)
+    return requested
+
+
+def image_token_text(mm_use_im_start_end: bool) -> str:
+    """What one image is written as in a prompt: `<image>`, or wrapped in start/end tokens."""
+    if mm_use_im_start_end:
+        return DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
+    return DEFAULT_IMAGE_TOKEN
+
+
+def image_query(query: str, n_images: int, mm_use_im_start_end: bool = False) -> str:
+    """The user turn for `query` about `n_images` images.
+
+    Each `<image-placeholder>` in the query becomes an image token (their number must equal
+    `n_images`); without placeholders one image token per image goes in front, then a newline.
+    """
+    token = image_token_text(mm_use_im_start_end)
+    n_placeholders = query.count(IMAGE_PLACEHOLDER)
+    if n_placeholders:
+        if n_placeholders != n_images:
+            raise ValueError(
+                f"the query has {n_placeholders} {IMAGE_PLACEHOLDER} but {n_images} image(s) were given"
+            )
+        return query.replace(IMAGE_PLACEHOLDER, token)
+    if n_images == 0:
+        return query
+    return token * n_images + "\n" + query
+
+
+def new_chat(conv_mode: str) -> Conversation:
+    """A fresh copy of the named template (never the shared registry object)."""
+    if conv_mode not in conv_templates:
+        raise ValueError(f"unknown conversation mode {conv_mode!r}; choose from {sorted(conv_templates)}")
+    return conv_templates[conv_mode].copy()
+
+
+def single_turn_prompt(conv_mode: str, user_text: str) -> str:
+    """The generation prompt for one user turn in the template `conv_mode`."""
+    conv = new_chat(conv_mode)
+    conv.append_message(conv.roles[0], user_text)
+    conv.append_message(conv.roles[1], None)
+    return conv.get_prompt()
+
+
+def stop_string(conv: Conversation) -> str:
+    """Text that ends an assistant turn in this template (TWO-style templates end on `sep2`)."""
+    if conv.sep_style is SeparatorStyle.TWO and conv.sep2:
+        return conv.sep2
+    return conv.sep
+
+
+def resolve_device(device: str) -> str:
+    """`auto` → cuda when available else cpu; a cuda device without CUDA falls back to cpu (warned)."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("--device %s requested but CUDA is not available: running on cpu", device)
+        return "cpu"
+    return device
+
+
+def load_images(image_files: Sequence[str]) -> list[Image.Image]:
+    """Open local image files as RGB; a missing file or an URL is an error naming it."""
+    images = []
+    for image_file in image_files:
+        if re.match(r"^[a-z]+://", image_file):
+            raise ValueError(f"{image_file}: image URLs are not supported; download it and pass the path")
+        path = Path(image_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"image file not found: {image_file}")
+        with Image.open(path) as image:
+            images.append(image.convert("RGB"))
+    return images
+
+
+def eval_model(args: argparse.Namespace) -> str:
+    """Load the model, answer `args.query` about `args.image_file`, print and return the answer."""
+    disable_torch_init()
+    model_name = get_model_name_from_path(args.model_path)
+    device = resolve_device(args.device)
+    tokenizer, model, image_processor, _ = load_pretrained_model(
+        args.model_path, args.model_base, model_name, device=device
+    )
+    model.eval()
+    image_files = [f for f in args.image_file.split(args.sep) if f] if args.image_file else []
+    images = load_images(image_files)
+    conv_mode = choose_conv_mode(model_name, args.conv_mode)
+    user_text = image_query(args.query, len(images), getattr(model.config, "mm_use_im_start_end", False))
+    prompt = single_turn_prompt(conv_mode, user_text)
+    [answer] = generate_batch(
+        model,
+        tokenizer,
+        [prompt],
+        [images or None],
+        image_processor,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        num_beams=args.num_beams,
+        max_new_tokens=args.max_new_tokens,
+        stop_strings=[stop_string(new_chat(conv_mode))],
+        batch_size=1,
+    )
+    print(answer)
+    return answer
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-path", type=str, default="facebook/opt-350m")
+    parser.add_argument("--model-base", type=str, default=None)
+    parser.add_argument("--image-file", type=str, default=None,
+                        help="image path, or several joined by --sep; leave out for a text-only query")
+    parser.add_argument("--query", type=str, required=True)
+    parser.add_argument("--conv-mode", type=str, default=None,
+                        help="chat template; inferred from the model name when left out")
+    parser.add_argument("--sep", type=str, default=",")
+    parser.add_argument("--temperature", type=float, default=0.2)
+    parser.add_argument("--top_p", type=float, default=None)
+    parser.add_argument("--num_beams", type=int, default=1)
+    parser.add_argument("--max_new_tokens", type=int, default=512)
+    parser.add_argument("--device", type=str, default="auto", help="auto, cpu or cuda[:N]")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    eval_model(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
