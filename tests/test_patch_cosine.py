@@ -30,15 +30,16 @@ def test_per_patch_pooling_averages_token_cosines():
 
 
 def test_region_uses_only_its_own_image():
-    # the same mask on image 1 instead of image 0: mean of (-1,0),(0,2) = (-.5, 1), cos with (1,0) = -.5/sqrt(1.25)
+    # the same mask on image 1: mean of (-1,0),(0,2) = (-.5, 1), cos with (1,0) = -.5/sqrt(1.25)
     result = patch_cosine_loss(FEATURES, MASKS[:1], torch.tensor([1]), LABELS[:1])
     assert result.cosines.item() == pytest.approx(-0.5 / math.sqrt(1.25), abs=1e-6)
 
 
 def test_zero_regions_give_exact_zero_with_valid_backward():
     features = FEATURES.clone().requires_grad_(True)
-    result = patch_cosine_loss(features, torch.zeros((0, 3), dtype=torch.bool), torch.zeros(0, dtype=torch.long),
-                               torch.zeros((0, 2)))
+    result = patch_cosine_loss(
+        features, torch.zeros((0, 3), dtype=torch.bool), torch.zeros(0, dtype=torch.long), torch.zeros((0, 2))
+    )
     loss = result.mean_loss()
     assert loss.item() == 0.0 and result.num_regions == 0
     loss.backward()

@@ -7,7 +7,9 @@ import pytest
 from patch_align.schedules import BetaSchedule, beta_at_step
 
 
-@pytest.mark.parametrize(("step", "expected"), [(0, 0.0), (6, 1.25), (12, 2.5), (23, 5.0 * 23 / 24), (30, 5.0)])
+@pytest.mark.parametrize(
+    ("step", "expected"), [(0, 0.0), (6, 1.25), (12, 2.5), (23, 5.0 * 23 / 24), (30, 5.0)]
+)
 def test_linear_ramps_from_zero_to_beta_max_over_the_run(step, expected):
     assert beta_at_step(step, 24, BetaSchedule("linear", 5.0)) == pytest.approx(expected)
 
@@ -35,8 +37,12 @@ def test_warmup_holds_beta_at_zero_then_runs_the_schedule_over_the_rest():
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"kind": "step"}, "--patch_beta_schedule"), ({"beta_max": -1.0}, "--patch_loss_weight"),
-     ({"beta_max": math.nan}, "--patch_loss_weight"), ({"warmup_steps": -2}, "--patch_beta_warmup_steps")],
+    [
+        ({"kind": "step"}, "--patch_beta_schedule"),
+        ({"beta_max": -1.0}, "--patch_loss_weight"),
+        ({"beta_max": math.nan}, "--patch_loss_weight"),
+        ({"warmup_steps": -2}, "--patch_beta_warmup_steps"),
+    ],
 )
 def test_bad_schedule_flags_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
