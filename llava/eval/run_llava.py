@@ -183,10 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    eval_model(build_parser().parse_args(argv))
+def main(argv: Sequence[str] | None = None) -> str:
+    return eval_model(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     main()

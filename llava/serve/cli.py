@@ -96,7 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, input_stream: TextIO | None = None) -> list[str]:
     """Parse flags, load the model and chat over `input_stream` (default: stdin)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     disable_torch_init()
     model_name = get_model_name_from_path(args.model_path)
@@ -128,4 +127,5 @@ def main(argv: Sequence[str] | None = None, input_stream: TextIO | None = None) 
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     main()
