@@ -13,6 +13,7 @@ import sys
 # group name -> (module with add_parser, one-line help)
 GROUPS: dict[str, tuple[str, str]] = {
     "pad": ("patch_align.pad.cli", "Patch-Aligned Dataset files: check them"),
+    "sea": ("patch_align.sea.cli", "SEA token labels: vocabulary and offline CLIP labelling"),
 }
 
 
