@@ -8,7 +8,8 @@ A caption is lower-cased and split into words `[a-z]+(-[a-z]+)*`; each word is t
 3. dropped if it is shorter than 3 letters,
 4. dropped if a suffix marks it as a verb or adverb: `-ly` (length >= 6, e.g. "quickly",
    except `NOUNS_ENDING_LY`), `-ed` (length >= 5, e.g. "parked", except words ending in
-   "-eed"), `-ing` unless the previous word is a determiner ("a building", "the painting"),
+   "-eed"), `-ing` unless the previous word is a determiner or a listed attribute ("a building",
+   "the old painting"; but "a man riding" drops "riding"),
 5. otherwise kept as a noun.
 Words keep their surface form (no lemmatisation: "dog" and "dogs" are two labels) because
 heuristic singularisation breaks words such as "glass" or "bus".
@@ -86,7 +87,7 @@ def _is_candidate(word: str, previous: str) -> bool:
         return False
     if word.endswith("ed") and len(word) >= 5 and not word.endswith("eed"):
         return False
-    if word.endswith("ing") and previous not in DETERMINERS:
+    if word.endswith("ing") and previous not in DETERMINERS and previous not in ATTRIBUTE_WORDS:
         return False
     return True
 
