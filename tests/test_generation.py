@@ -169,3 +169,18 @@ def test_image_count_must_match_the_image_tokens_of_each_prompt(golden_model, go
         generate_batch(model, tokenizer, prompts, [None, None], image_processor)
     with pytest.raises(ValueError, match="2 prompts but 1 image"):
         generate_batch(model, tokenizer, prompts, [None], image_processor)
+
+
+def test_plain_language_model_answers_without_the_prompt_and_batches_identically(golden_dir):
+    from llava.model.builder import load_pretrained_model
+
+    tokenizer, model, image_processor, _ = load_pretrained_model(
+        str(golden_dir / "fixtures-437" / "llm"), None, "llm", device="cpu"
+    )
+    assert image_processor is None
+    prompts = [_prompt("vicuna_v1", "hi"), _prompt("vicuna_v1", "Describe a red box and a blue box.")]
+    no_images = [None, None]
+    single = generate_batch_token_ids(model, tokenizer, prompts, no_images, None, GREEDY_8, batch_size=1)
+    together = generate_batch_token_ids(model, tokenizer, prompts, no_images, None, GREEDY_8, batch_size=2)
+    assert together == single
+    assert all(len(ids) == 8 for ids in together)  # new tokens only, the prompt is not echoed

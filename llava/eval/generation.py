@@ -18,6 +18,7 @@ from transformers import StoppingCriteriaList
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.mm_utils import KeywordsStoppingCriteria, process_images, tokenizer_image_token
+from llava.model.llava_arch import LlavaMetaForCausalLM
 
 
 @dataclass(frozen=True)
@@ -123,8 +124,12 @@ def generate_token_ids(
     ids, mask = left_pad(input_ids, pad_id)
     device = model.device
     present = [pixels for pixels in pixel_values if pixels is not None]
-    images = torch.cat(present).to(device=device, dtype=model.dtype) if present else None
-    sizes = [size for row in image_sizes for size in row] if present else None
+    image_kwargs = {}
+    if present:  # only then: a plain language model's generate() rejects an `images` argument
+        image_kwargs = {
+            "images": torch.cat(present).to(device=device, dtype=model.dtype),
+            "image_sizes": [size for row in image_sizes for size in row],
+        }
     stopping = None
     if settings.stop_strings:
         # Generation from embeddings returns only new tokens, so the criterion's prompt is empty.
@@ -135,14 +140,16 @@ def generate_token_ids(
     output = model.generate(
         ids.to(device),
         attention_mask=mask.to(device),
-        images=images,
-        image_sizes=sizes,
+        **image_kwargs,
         pad_token_id=pad_id,
         eos_token_id=tokenizer.eos_token_id,
         stopping_criteria=stopping,
         streamer=streamer,
         **settings.generate_kwargs(),
     )
+    if not isinstance(model, LlavaMetaForCausalLM):
+        # A plain language model generates from ids and returns the prompt in front; LLaVA does not.
+        output = output[:, ids.shape[1] :]
     return [_strip_finished(row, tokenizer.eos_token_id, pad_id) for row in output.tolist()]
 
 
