@@ -201,6 +201,17 @@ def splice_image_features(
     return SpliceResult(out_embeds, out_mask, out_pos, out_labels, truncated)
 
 
+def warn_if_truncated(spliced: SpliceResult, config) -> None:
+    """Truncation after splicing is upstream's behaviour; here it is never silent."""
+    if spliced.truncated:
+        logger.warning(
+            "%d sample(s) longer than tokenizer_model_max_length=%s after splicing image features were "
+            "truncated (their end is lost); raise --model_max_length if this is not intended",
+            spliced.truncated,
+            getattr(config, "tokenizer_model_max_length", None),
+        )
+
+
 class LlavaMetaForCausalLM:
     """Mixin for the causal-LM class: encodes images and splices them into the embeddings."""
 
@@ -253,13 +264,7 @@ class LlavaMetaForCausalLM:
             padding_side=padding_side or getattr(self.config, "tokenizer_padding_side", "right"),
             max_length=getattr(self.config, "tokenizer_model_max_length", None),
         )
-        if spliced.truncated:
-            logger.warning(
-                "%d sample(s) longer than tokenizer_model_max_length=%s after splicing image features were "
-                "truncated; raise --model_max_length if supervised tokens are being cut",
-                spliced.truncated,
-                self.config.tokenizer_model_max_length,
-            )
+        warn_if_truncated(spliced, self.config)
         needs_mask = attention_mask is not None or not bool(spliced.attention_mask.all())
         new_mask = None
         if needs_mask:

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, LlamaModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ..llava_arch import LlavaMetaForCausalLM, LlavaMetaModel, splice_image_features
+from ..llava_arch import LlavaMetaForCausalLM, LlavaMetaModel, splice_image_features, warn_if_truncated
 
 
 class LlavaConfig(LlamaConfig):
@@ -128,6 +128,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
             padding_side="left",
             max_length=getattr(self.config, "tokenizer_model_max_length", None),
         )
+        warn_if_truncated(spliced, self.config)
         return super().generate(
             inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask, **kwargs
         )
