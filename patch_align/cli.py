@@ -13,6 +13,7 @@ import sys
 # group name -> (module with add_parser, one-line help)
 GROUPS: dict[str, tuple[str, str]] = {
     "pad": ("patch_align.pad.cli", "Patch-Aligned Dataset files: check them"),
+    "analyze": ("patch_align.analysis.cli", "measure compression and patch alignment of a projector"),
     "sea": ("patch_align.sea.cli", "SEA token labels: vocabulary and offline CLIP labelling"),
 }
 
