@@ -1,0 +1,120 @@
+"""Step-time ratio patch-aligned / caption-only on one batch, in one process (CPU, tiny models).
+
+Both variants run forward + backward on the same collated batch with the same model:
+caption-only = `model(**batch).loss`; patch-aligned = `PatchAlignTrainer.compute_loss` (caption
+loss + beta * L_patch, the label embeddings cached as in stage 1). The variants alternate,
+after warm-up, and the medians are compared.
+Usage: python scripts/tiny/measure_patch_align_step_time.py LLM CLIP PRETRAIN_JSON IMAGE_FOLDER PAD [REPEATS]
+"""
+
+from __future__ import annotations
+
+import pathlib
+import statistics
+import sys
+import time
+
+import torch
+from transformers import HfArgumentParser
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+
+from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments  # noqa: E402
+from llava.train.recipe import TrainContext  # noqa: E402
+from llava.train.train import attach_vision, load_language_model, load_tokenizer  # noqa: E402
+from patch_align.recipe import PatchAlignArguments, PatchAlignRecipe  # noqa: E402
+from patch_align.trainer import REGION_KEYS  # noqa: E402
+
+REGION_COUNTERS_PREFIX = "pad_regions_"
+
+
+def build_trainer(llm: str, clip: str, data: str, images: str, pad: str, output_dir: str):
+    argv = [
+        "--model_name_or_path",
+        llm,
+        "--version",
+        "plain",
+        "--data_path",
+        data,
+        "--image_folder",
+        images,
+        "--pad_path",
+        pad,
+        "--vision_tower",
+        clip,
+        "--mm_projector_type",
+        "mlp2x_gelu",
+        "--tune_mm_mlp_adapter",
+        "True",
+        "--mm_vision_select_layer",
+        "-2",
+        "--mm_use_im_patch_token",
+        "False",
+        "--output_dir",
+        output_dir,
+        "--per_device_train_batch_size",
+        "4",
+        "--report_to",
+        "none",
+        "--patch_beta_schedule",
+        "constant",
+    ]
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, PatchAlignArguments))
+    model_args, data_args, training_args, plugin_args = parser.parse_args_into_dataclasses(args=argv)
+    data_args.version = model_args.version
+    tokenizer = load_tokenizer(model_args, training_args)
+    model = load_language_model(model_args, training_args, None)
+    attach_vision(model, tokenizer, model_args, data_args, training_args)
+    recipe = PatchAlignRecipe()
+    ctx = TrainContext(
+        model_args, data_args, training_args, {"PatchAlignArguments": plugin_args}, tokenizer, model
+    )
+    return recipe.trainer_class(
+        model=model,
+        processing_class=tokenizer,
+        args=training_args,
+        train_dataset=recipe.make_dataset(ctx),
+        data_collator=recipe.make_collator(ctx),
+        **recipe.trainer_kwargs(ctx),
+    )
+
+
+def main(llm: str, clip: str, data: str, images: str, pad: str, repeats: str = "30") -> None:
+    trainer = build_trainer(llm, clip, data, images, pad, "/tmp/patch_align_step_time")
+    model = trainer.model
+    model.train()
+    batch = next(iter(trainer.get_train_dataloader()))
+    caption_inputs = {
+        k: v for k, v in batch.items() if k not in REGION_KEYS and not k.startswith(REGION_COUNTERS_PREFIX)
+    }
+    num_items = trainer._get_num_items_in_batch([batch], torch.device("cpu"))
+    trainer._regions_in_step = torch.tensor(batch["region_masks"].shape[0])
+    trainer.current_gradient_accumulation_steps = 1
+    trainer.beta_callback.beta = 5.0
+
+    def caption_step():
+        model(**caption_inputs, num_items_in_batch=num_items).loss.backward()
+
+    def patch_step():
+        trainer.compute_loss(model, dict(batch), num_items_in_batch=num_items).backward()
+
+    times = {"caption": [], "patch": []}
+    for step in range(int(repeats) + 5):
+        for name, fn in (("caption", caption_step), ("patch", patch_step)):
+            model.zero_grad()
+            start = time.perf_counter()
+            fn()
+            if step >= 5:  # warm-up
+                times[name].append(time.perf_counter() - start)
+    caption, patch = statistics.median(times["caption"]), statistics.median(times["patch"])
+    print(
+        f"batch 4, {batch['region_masks'].shape[0]} regions, {len(times['patch'])} repeats, "
+        f"{torch.get_num_threads()} threads: caption-only {caption * 1e3:.2f} ms, "
+        f"patch-aligned {patch * 1e3:.2f} ms, ratio {patch / caption:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) not in (6, 7):
+        sys.exit(__doc__)
+    main(*sys.argv[1:])
