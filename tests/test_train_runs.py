@@ -101,7 +101,7 @@ def finetune_dir(tiny_setup, pretrain_dir, tmp_path_factory) -> Path:
         "--data_path", str(tiny_setup.finetune_json),
         "--pretrain_mm_mlp_adapter", str(pretrain_dir / PROJECTOR_FILE), "--image_aspect_ratio", "pad",
         "--group_by_modality_length", "True", "--learning_rate", "2e-5", "--per_device_train_batch_size", "2",
-        "--max_steps", "3", "--save_strategy", "no", *upstream_flags(tiny_setup, out),
+        "--max_steps", "2", "--save_strategy", "no", *upstream_flags(tiny_setup, out),
     ]
     assert_succeeded(run_training(["-m", "llava.train.train"], flags))
     return out
