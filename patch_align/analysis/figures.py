@@ -182,7 +182,7 @@ def plot_region_maps(example: ImageExample, path: str | Path) -> Path:
 def plot_patch_words(example: ImageExample, path: str | Path) -> Path:
     """One PNG: the image with its patch grid, each annotated patch labelled with its top MP words.
 
-    Grids wider than 12 patches are annotated every k-th patch (k in the title) so the text fits.
+    Grids wider than 12 patches annotate one patch per k×k block (k in the title) so the text fits.
     """
     path = Path(path)
     rows, cols = example.grid_shape
@@ -216,7 +216,7 @@ def plot_patch_words(example: ImageExample, path: str | Path) -> Path:
                 fontsize=font,
                 bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "alpha": 0.75, "lw": 0},
             )
-    every = f", every {stride}th patch" if stride > 1 else ""
+    every = f"; one patch per {stride}×{stride} block" if stride > 1 else ""
     ax.set_title(
         f"{example.record_id}: top matching-pursuit words per patch (largest |coef| first{every})",
         fontsize=11,
