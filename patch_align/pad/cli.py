@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from patch_align.pad.schema import PadFormatError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the `pad` group and its subcommands on the top-level `subparsers`."""
-    pad = subparsers.add_parser("pad", help="Patch-Aligned Dataset files: check them")
+    pad = subparsers.add_parser("pad", help="Patch-Aligned Dataset files: make, merge, check, summarise, show")
     commands = pad.add_subparsers(dest="pad_command", required=True, metavar="COMMAND")
     validate = commands.add_parser(
         "validate", help="name every bad record of a PAD file; exit 1 if any",
@@ -23,6 +25,141 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     validate.add_argument("--max-print", type=int, default=None, metavar="N",
                           help="print at most N problems (default: all); counts always cover all")
     validate.set_defaults(func=run_validate)
+    _add_generate(commands)
+    merge = commands.add_parser(
+        "merge", help="join a generation run's shards in data order",
+        description="Join the shard-*.jsonl files of a generation run into one PAD file in the order of the "
+                    "data JSON, and check that every image is there exactly once or listed as failed. "
+                    "Exit 0 when complete, 1 otherwise.")
+    merge.add_argument("out_dir", help="the --out folder of `patch-align pad generate`")
+    merge.add_argument("--out", required=True, help="merged PAD file (JSONL); failures go to <stem>.failed.jsonl")
+    merge.add_argument("--data", default=None, help="data JSON (default: the one in the shard manifests)")
+    merge.set_defaults(func=run_merge)
+    stats = commands.add_parser("stats", help="images, regions, labels and mask areas of a PAD file")
+    stats.add_argument("file", help="PAD file (.json array or .jsonl)")
+    stats.add_argument("--top", type=int, default=20, metavar="K", help="labels shown at head and tail")
+    stats.set_defaults(func=run_stats)
+    show = commands.add_parser("show", help="PNG overlays of masks, boxes and labels")
+    show.add_argument("file", help="PAD file (.json array or .jsonl)")
+    show.add_argument("--image-folder", required=True, help="folder the records' 'image' paths are relative to")
+    show.add_argument("--ids", nargs="+", required=True, help="record ids to draw")
+    show.add_argument("--out", required=True, help="folder for <id>.png")
+    show.set_defaults(func=run_show)
+
+
+def _add_generate(commands: argparse._SubParsersAction) -> None:
+    from patch_align.pad.generate.options import TAGGERS, GenerateOptions
+
+    d = GenerateOptions.__dataclass_fields__
+    generate = commands.add_parser(
+        "generate", help="make PAD records: tag -> detect -> segment (sharded, resumable)",
+        description="Tag each image, find boxes for the tags with a zero-shot detector, segment each box with "
+                    "SAM, and write PAD records. Under torchrun each rank writes its own shard; rerunning with "
+                    "the same arguments resumes where a run stopped.")
+    generate.add_argument("--data", required=True, help="LLaVA data JSON (e.g. blip_laion_cc_sbu_558k.json)")
+    generate.add_argument("--image-folder", required=True, help="folder the samples' 'image' paths are relative to")
+    generate.add_argument("--out", required=True, help="output folder for shards and manifests")
+    generate.add_argument("--tagger", choices=TAGGERS, default=d["tagger"].default,
+                          help="captions: noun phrases of the caption; file: --tags-file; clip: CLIP zero-shot")
+    generate.add_argument("--tags-file", default=None, help='JSONL of {"id": ..., "tags": [...]} (--tagger file)')
+    generate.add_argument("--clip-model", default=None, help="CLIP model path or id (--tagger clip)")
+    generate.add_argument("--vocabulary", default=None, help="tag vocabulary, one a line (--tagger clip)")
+    generate.add_argument("--clip-threshold", type=float, default=d["clip_threshold"].default,
+                          help="cosine similarity a vocabulary entry needs (--tagger clip)")
+    generate.add_argument("--max-tags", type=int, default=d["max_tags"].default, help="tags per image at most")
+    generate.add_argument("--detector", default=d["detector"].default, help="zero-shot detector path or id")
+    generate.add_argument("--segmenter", default=d["segmenter"].default, help="SAM path or id")
+    for flag, text in (("box_threshold", "best token probability a box needs"),
+                       ("text_threshold", "mean token probability its tag needs (phrase grounding)"),
+                       ("nms_iou", "IoU above which a box of the same tag is suppressed"),
+                       ("dedup_iou", "IoU above which a box of another tag is dropped as a duplicate")):
+        generate.add_argument("--" + flag.replace("_", "-"), type=float, default=d[flag].default, help=text)
+    generate.add_argument("--max-regions", type=int, default=d["max_regions"].default, help="regions per image")
+    generate.add_argument("--min-box-side", type=float, default=d["min_box_side"].default,
+                          help="pixels a box side needs")
+    generate.add_argument("--min-mask-area", type=int, default=d["min_mask_area"].default,
+                          help="pixels a mask needs")
+    generate.add_argument("--batch-size", type=int, default=d["batch_size"].default, help="images per forward")
+    generate.add_argument("--num-workers", type=int, default=d["num_workers"].default,
+                          help="DataLoader workers decoding and preprocessing images")
+    generate.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if CUDA is there, else cpu")
+    generate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    generate.set_defaults(func=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from patch_align.pad.generate.build import generate_pad
+    from patch_align.pad.generate.options import GenerateOptions
+
+    fields = {k: v for k, v in vars(args).items() if k in GenerateOptions.__dataclass_fields__}
+    try:
+        counts, rank, world_size = generate_pad(GenerateOptions(**fields, progress=not args.no_progress))
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"rank {rank}/{world_size}: {counts.processed} images written, {counts.failed} failed, "
+          f"{counts.skipped_done} already done, {counts.regions} regions, {counts.seconds:.1f} s")
+    for failure in counts.failures:
+        print(f"  failed {failure['id']}: {failure['reason']}")
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from patch_align.pad.generate.items import load_image_items
+    from patch_align.pad.generate.shards import ShardError, merge_shards
+    from patch_align.pad.schema import PAD_VERSION
+
+    manifests = [json.loads(p.read_text(encoding="utf-8"))
+                 for p in sorted(Path(args.out_dir).glob("shard-*-of-*.manifest.json"))]
+    data = args.data or (manifests[0]["settings"]["data"] if manifests else None)
+    if data is None:
+        print(f"error: no shard manifests in {args.out_dir}; pass --data", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    failed_path = out.with_name(out.stem + ".failed.jsonl")
+    try:
+        items, _ = load_image_items(data)
+        report = merge_shards(args.out_dir, [item.id for item in items], out, failed_path,
+                              {"pad_version": PAD_VERSION})
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2 if not isinstance(err, ShardError) else 1
+    summary = {"data": str(data), "records": report.written, "failed": report.failed,
+               "missing": len(report.missing), "duplicated": len(report.duplicated),
+               "shards": [m["settings"] | {"shard_records": m["shard_records"], "shard_failed": m["shard_failed"]}
+                          for m in manifests]}
+    out.with_name(out.stem + ".manifest.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    for kind in ("missing", "duplicated", "unexpected"):
+        ids = getattr(report, kind)
+        if ids:
+            print(f"{kind}: {' '.join(ids[:50])}" + (f" ... ({len(ids)} in all)" if len(ids) > 50 else ""))
+    print(f"{out}: {report.written} records, {report.failed} failed, {len(report.missing)} missing, "
+          f"{len(report.duplicated)} duplicated, {len(report.unexpected)} not in the data")
+    return 0 if report.ok else 1
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    from patch_align.pad.stats import format_stats, pad_stats
+
+    try:
+        print(format_stats(pad_stats(args.file), args.top))
+    except (PadFormatError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from patch_align.pad.show import show_records
+
+    try:
+        paths = show_records(args.file, args.image_folder, args.ids, args.out)
+    except (PadFormatError, OSError, KeyError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for path in paths:
+        print(path)
+    return 0
 
 
 def run_validate(args: argparse.Namespace) -> int:
