@@ -358,3 +358,37 @@ def test_analyze_runs_on_a_stage1_projector_folder_and_a_projector_override(gold
         == 0
     )
     assert "| metric | stage1 | override |" in (tmp_path / "cmp" / "comparison.md").read_text()
+
+
+@pytest.mark.slow
+def test_bad_pad_records_stop_the_run_by_name_or_are_skipped_and_counted(golden_dir, tmp_path, capsys):
+    fixtures = golden_dir / "fixtures-437"
+    args = [
+        "analyze",
+        "--model-path",
+        str(golden_dir / "llava-v1.5-tiny"),
+        "--pad",
+        str(fixtures / "pad_bad.json"),
+        "--image-folder",
+        str(fixtures / "images"),
+        "--examples",
+        "0",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
+    assert main([*args, "--out", str(tmp_path / "strict")]) == 1
+    assert "PAD record bad-missing-image: cannot read image" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "lenient"), "--on-error", "skip"]) == 0
+    metrics = json.loads((tmp_path / "lenient" / "metrics.json").read_text())
+    # missing image (2 regions), RLE of the wrong size, empty mask, blank label
+    assert metrics["data"] == {
+        "images": 6,
+        "regions_used": 5,
+        "regions_skipped_bad": 5,
+        "regions_outside_view": 0,
+        "regions_fallback": 5,
+        "images_skipped_bad": 1,
+    }
+    assert metrics["compression"]["tokens"] == 6 * 16  # images left without regions still feed the entropies
+    assert metrics["alignment"]["images"] == 3

@@ -167,7 +167,8 @@ def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     try:
         model = load_analysis_model(args.model_path, args.model_base, args.projector, args.device)
         result = run_analysis(model, args.pad, args.image_folder, options, progress=not args.no_progress)
-    except (AnalysisInputError, PadFormatError) as err:
+    except (AnalysisInputError, PadFormatError, ValueError, OSError) as err:
+        # loader and PAD errors name their file or record; a traceback would add nothing
         print(f"error: {err}", file=sys.stderr)
         return 1
     out.mkdir(parents=True, exist_ok=True)
