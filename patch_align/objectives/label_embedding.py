@@ -81,7 +81,11 @@ class LabelEmbeddingCache:
         if weight.requires_grad:
             return mean_label_embeddings(embedding, label_ids, label_mask)
 
-        keys = [tuple(row[m].tolist()) for row, m in zip(label_ids, label_mask, strict=True)]
+        # one host copy for the whole batch, not one per label (this runs every micro-batch)
+        keys = [
+            tuple(i for i, keep in zip(row, row_mask, strict=True) if keep)
+            for row, row_mask in zip(label_ids.tolist(), label_mask.tolist(), strict=True)
+        ]
         missing = sorted({k for k in keys if k not in self._targets})
         if missing or partitioned:
             width = max((len(k) for k in missing), default=0)
