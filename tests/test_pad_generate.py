@@ -4,6 +4,7 @@ Random weights give random boxes, so the thresholds here are 0 (every query pass
 the checks are about plumbing: records validate, shards cover the data exactly once,
 and a killed run resumes to the same records.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,17 +52,42 @@ def build_tiny_grounding_dino(folder: Path) -> None:
     vocab_size = write_bert_vocab(folder.parent / "vocab.txt")
     torch.manual_seed(0)
     config = GroundingDinoConfig(
-        backbone_config={"model_type": "swin", "embed_dim": 8, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1],
-                         "window_size": 4, "image_size": 32, "out_indices": [2, 3, 4]},
-        text_config={"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "intermediate_size": 32, "vocab_size": vocab_size, "max_position_embeddings": 64},
-        d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=16, decoder_ffn_dim=16,
-        encoder_attention_heads=2, decoder_attention_heads=2, num_queries=12, num_feature_levels=3, encoder_n_points=2,
-        decoder_n_points=2, max_text_len=32)
+        backbone_config={
+            "model_type": "swin",
+            "embed_dim": 8,
+            "depths": [1, 1, 1, 1],
+            "num_heads": [1, 1, 1, 1],
+            "window_size": 4,
+            "image_size": 32,
+            "out_indices": [2, 3, 4],
+        },
+        text_config={
+            "model_type": "bert",
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 32,
+            "vocab_size": vocab_size,
+            "max_position_embeddings": 64,
+        },
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_ffn_dim=16,
+        decoder_ffn_dim=16,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        num_queries=12,
+        num_feature_levels=3,
+        encoder_n_points=2,
+        decoder_n_points=2,
+        max_text_len=32,
+    )
     GroundingDinoForObjectDetection(config).save_pretrained(folder)
     processor = GroundingDinoProcessor(
         image_processor=GroundingDinoImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 96}),
-        tokenizer=BertTokenizer(str(folder.parent / "vocab.txt")))
+        tokenizer=BertTokenizer(str(folder.parent / "vocab.txt")),
+    )
     processor.save_pretrained(folder)
 
 
@@ -71,19 +97,44 @@ def build_tiny_sam(folder: Path) -> None:
 
     torch.manual_seed(0)
     config = SamConfig(
-        vision_config={"hidden_size": 16, "output_channels": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 4, "window_size": 2, "global_attn_indexes": [0],
-                       "num_pos_feats": 4, "mlp_dim": 16},
+        vision_config={
+            "hidden_size": 16,
+            "output_channels": 8,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 4,
+            "window_size": 2,
+            "global_attn_indexes": [0],
+            "num_pos_feats": 4,
+            "mlp_dim": 16,
+        },
         prompt_encoder_config={"hidden_size": 8, "image_size": 32, "patch_size": 4, "mask_input_channels": 4},
-        mask_decoder_config={"hidden_size": 8, "mlp_dim": 16, "num_attention_heads": 2, "iou_head_hidden_dim": 8})
+        mask_decoder_config={
+            "hidden_size": 8,
+            "mlp_dim": 16,
+            "num_attention_heads": 2,
+            "iou_head_hidden_dim": 8,
+        },
+    )
     SamModel(config).save_pretrained(folder)
-    image_processor = SamImageProcessorPil(size={"longest_edge": 32}, pad_size={"height": 32, "width": 32},
-                                           mask_size={"longest_edge": 8}, mask_pad_size={"height": 8, "width": 8})
+    image_processor = SamImageProcessorPil(
+        size={"longest_edge": 32},
+        pad_size={"height": 32, "width": 32},
+        mask_size={"longest_edge": 8},
+        mask_pad_size={"height": 8, "width": 8},
+    )
     SamProcessor(image_processor=image_processor).save_pretrained(folder)
 
 
-CAPTIONS = ["a red car near a tree", "a dog in a green field", "the man on a horse", "a blue sky",
-            "a cat with a ball", "red car and blue sky"]
+CAPTIONS = [
+    "a red car near a tree",
+    "a dog in a green field",
+    "the man on a horse",
+    "a blue sky",
+    "a cat with a ball",
+    "red car and blue sky",
+]
 
 
 def write_dataset(folder: Path, count: int, sizes: list[tuple[int, int]]) -> Path:
@@ -99,9 +150,16 @@ def write_dataset(folder: Path, count: int, sizes: list[tuple[int, int]]) -> Pat
         name = f"{i // 10:02d}/{i:05d}.png"
         (images / name).parent.mkdir(exist_ok=True)
         image.save(images / name)
-        samples.append({"id": f"{i:05d}", "image": name, "conversations": [
-            {"from": "human", "value": "<image>\nDescribe the image briefly."},
-            {"from": "gpt", "value": CAPTIONS[i % len(CAPTIONS)]}]})
+        samples.append(
+            {
+                "id": f"{i:05d}",
+                "image": name,
+                "conversations": [
+                    {"from": "human", "value": "<image>\nDescribe the image briefly."},
+                    {"from": "gpt", "value": CAPTIONS[i % len(CAPTIONS)]},
+                ],
+            }
+        )
     data = folder / "data.json"
     data.write_text(json.dumps(samples), encoding="utf-8")
     return data
@@ -117,25 +175,68 @@ def tiny_models(tmp_path_factory) -> tuple[Path, Path]:
 
 def options(data: Path, out: Path, models: tuple[Path, Path], **overrides) -> GenerateOptions:
     detector, segmenter = models
-    settings = dict(data=str(data), image_folder=str(data.parent / "images"), out=str(out),
-                    detector=str(detector), segmenter=str(segmenter), box_threshold=0.0, text_threshold=0.0,
-                    max_regions=3, min_box_side=1.0, min_mask_area=1, batch_size=2, num_workers=0,
-                    device="cpu", progress=False)
+    settings = dict(
+        data=str(data),
+        image_folder=str(data.parent / "images"),
+        out=str(out),
+        detector=str(detector),
+        segmenter=str(segmenter),
+        box_threshold=0.0,
+        text_threshold=0.0,
+        max_regions=3,
+        min_box_side=1.0,
+        min_mask_area=1,
+        batch_size=2,
+        num_workers=0,
+        device="cpu",
+        progress=False,
+    )
     settings.update(overrides)
     return GenerateOptions(**settings)
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "patch_align.cli", *args], cwd=REPO, env=full_env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "patch_align.cli", *args],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def generate_args(data: Path, out: Path, models: tuple[Path, Path], *extra: str) -> list[str]:
-    return ["pad", "generate", "--data", str(data), "--image-folder", str(data.parent / "images"), "--out",
-            str(out), "--detector", str(models[0]), "--segmenter", str(models[1]), "--box-threshold", "0",
-            "--text-threshold", "0", "--max-regions", "3", "--min-box-side", "1", "--min-mask-area", "1",
-            "--num-workers", "0", "--device", "cpu", *extra]
+    return [
+        "pad",
+        "generate",
+        "--data",
+        str(data),
+        "--image-folder",
+        str(data.parent / "images"),
+        "--out",
+        str(out),
+        "--detector",
+        str(models[0]),
+        "--segmenter",
+        str(models[1]),
+        "--box-threshold",
+        "0",
+        "--text-threshold",
+        "0",
+        "--max-regions",
+        "3",
+        "--min-box-side",
+        "1",
+        "--min-mask-area",
+        "1",
+        "--num-workers",
+        "0",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def test_pipeline_writes_a_valid_pad_with_regions_for_wide_and_tall_images(tmp_path, tiny_models):
@@ -149,8 +250,12 @@ def test_pipeline_writes_a_valid_pad_with_regions_for_wide_and_tall_images(tmp_p
     assert [r.id for r in records] == ["00000", "00001", "00002", "00003"]
     assert [(r.width, r.height) for r in records] == [(40, 24), (20, 36), (40, 24), (20, 36)]
     assert counts.regions == sum(len(r.regions) for r in records) > 0
-    tags = {"00000": {"red car", "tree"}, "00001": {"dog", "green field"}, "00002": {"man", "horse"},
-            "00003": {"blue sky"}}
+    tags = {
+        "00000": {"red car", "tree"},
+        "00001": {"dog", "green field"},
+        "00002": {"man", "horse"},
+        "00003": {"blue sky"},
+    }
     for record in records:
         assert 1 <= len(record.regions) <= 3
         assert {region.label for region in record.regions} <= tags[record.id]
@@ -162,7 +267,9 @@ def test_pipeline_writes_a_valid_pad_with_regions_for_wide_and_tall_images(tmp_p
     assert manifest["shard_records"] == 4 and manifest["last_run"]["regions"] == counts.regions
 
 
-def test_unreadable_and_missing_images_are_listed_as_failed_and_merge_accounts_for_them(tmp_path, tiny_models):
+def test_unreadable_and_missing_images_are_listed_as_failed_and_merge_accounts_for_them(
+    tmp_path, tiny_models
+):
     data = write_dataset(tmp_path, 4, [(32, 32)])
     (tmp_path / "images" / "00" / "00001.png").write_bytes(b"not a png")
     (tmp_path / "images" / "00" / "00002.png").unlink()
@@ -182,15 +289,29 @@ def test_unreadable_and_missing_images_are_listed_as_failed_and_merge_accounts_f
 def test_two_ranks_write_shards_whose_merge_holds_every_id_once_in_data_order(tmp_path, tiny_models):
     data = write_dataset(tmp_path, 7, [(32, 24)])
     out = tmp_path / "out"
-    procs = [subprocess.Popen([sys.executable, "-m", "patch_align.cli", *generate_args(data, out, tiny_models)],
-                              cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1", "RANK": str(rank),
-                                             "WORLD_SIZE": "2", "LOCAL_RANK": str(rank)},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for rank in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "patch_align.cli", *generate_args(data, out, tiny_models)],
+            cwd=REPO,
+            env={
+                **os.environ,
+                "HF_HUB_OFFLINE": "1",
+                "RANK": str(rank),
+                "WORLD_SIZE": "2",
+                "LOCAL_RANK": str(rank),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(2)
+    ]
     outputs = [p.communicate(timeout=180)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
-    shard_ids = [[json.loads(line)["id"] for line in shard_stem(out, rank, 2).with_suffix(".jsonl").open()]
-                 for rank in range(2)]
+    shard_ids = [
+        [json.loads(line)["id"] for line in shard_stem(out, rank, 2).with_suffix(".jsonl").open()]
+        for rank in range(2)
+    ]
     assert shard_ids == [["00000", "00002", "00004", "00006"], ["00001", "00003", "00005"]]
     result = cli("pad", "merge", str(out), "--out", str(tmp_path / "pad.jsonl"))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -229,10 +350,18 @@ def test_sigkilled_run_resumes_to_exactly_the_records_of_an_uninterrupted_run(tm
 
     killed = tmp_path / "killed"
     shard = shard_stem(killed, 0, 1).with_suffix(".jsonl")
-    proc = subprocess.Popen([sys.executable, "-m", "patch_align.cli",
-                             *generate_args(data, killed, tiny_models, "--batch-size", "1")],
-                            cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "patch_align.cli",
+            *generate_args(data, killed, tiny_models, "--batch-size", "1"),
+        ],
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not (shard.exists() and shard.read_bytes().count(b"\n") >= 2) and time.monotonic() < deadline:
         time.sleep(0.005)

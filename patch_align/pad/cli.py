@@ -11,7 +11,7 @@ from patch_align.pad.schema import PadFormatError
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the `pad` group and its subcommands on the top-level `subparsers`."""
-    pad = subparsers.add_parser("pad", help="Patch-Aligned Dataset files: make, merge, check, summarise, show")
+    pad = subparsers.add_parser("pad", help="Patch-Aligned Dataset files: make, merge, check, show")
     commands = pad.add_subparsers(dest="pad_command", required=True, metavar="COMMAND")
     validate = commands.add_parser(
         "validate", help="name every bad record of a PAD file; exit 1 if any",
@@ -32,7 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "data JSON, and check that every image is there exactly once or listed as failed. "
                     "Exit 0 when complete, 1 otherwise.")
     merge.add_argument("out_dir", help="the --out folder of `patch-align pad generate`")
-    merge.add_argument("--out", required=True, help="merged PAD file (JSONL); failures go to <stem>.failed.jsonl")
+    merge.add_argument("--out", required=True,
+                       help="merged PAD file (JSONL); failures go to <stem>.failed.jsonl")
     merge.add_argument("--data", default=None, help="data JSON (default: the one in the shard manifests)")
     merge.set_defaults(func=run_merge)
     stats = commands.add_parser("stats", help="images, regions, labels and mask areas of a PAD file")
@@ -41,7 +42,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     stats.set_defaults(func=run_stats)
     show = commands.add_parser("show", help="PNG overlays of masks, boxes and labels")
     show.add_argument("file", help="PAD file (.json array or .jsonl)")
-    show.add_argument("--image-folder", required=True, help="folder the records' 'image' paths are relative to")
+    show.add_argument("--image-folder", required=True,
+                      help="folder the records' 'image' paths are relative to")
     show.add_argument("--ids", nargs="+", required=True, help="record ids to draw")
     show.add_argument("--out", required=True, help="folder for <id>.png")
     show.set_defaults(func=run_show)
@@ -53,20 +55,23 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
     d = GenerateOptions.__dataclass_fields__
     generate = commands.add_parser(
         "generate", help="make PAD records: tag -> detect -> segment (sharded, resumable)",
-        description="Tag each image, find boxes for the tags with a zero-shot detector, segment each box with "
-                    "SAM, and write PAD records. Under torchrun each rank writes its own shard; rerunning with "
-                    "the same arguments resumes where a run stopped.")
+        description="Tag each image, find boxes for the tags with a zero-shot detector, segment each box "
+                    "with SAM, and write PAD records. Under torchrun each rank writes its own shard; "
+                    "rerunning with the same arguments resumes where a run stopped.")
     generate.add_argument("--data", required=True, help="LLaVA data JSON (e.g. blip_laion_cc_sbu_558k.json)")
-    generate.add_argument("--image-folder", required=True, help="folder the samples' 'image' paths are relative to")
+    generate.add_argument("--image-folder", required=True,
+                          help="folder the samples' 'image' paths are relative to")
     generate.add_argument("--out", required=True, help="output folder for shards and manifests")
     generate.add_argument("--tagger", choices=TAGGERS, default=d["tagger"].default,
-                          help="captions: noun phrases of the caption; file: --tags-file; clip: CLIP zero-shot")
-    generate.add_argument("--tags-file", default=None, help='JSONL of {"id": ..., "tags": [...]} (--tagger file)')
+                          help="captions: caption noun phrases; file: --tags-file; clip: CLIP zero-shot")
+    generate.add_argument("--tags-file", default=None,
+                          help='JSONL of {"id": ..., "tags": [...]} (--tagger file)')
     generate.add_argument("--clip-model", default=None, help="CLIP model path or id (--tagger clip)")
     generate.add_argument("--vocabulary", default=None, help="tag vocabulary, one a line (--tagger clip)")
     generate.add_argument("--clip-threshold", type=float, default=d["clip_threshold"].default,
                           help="cosine similarity a vocabulary entry needs (--tagger clip)")
-    generate.add_argument("--max-tags", type=int, default=d["max_tags"].default, help="tags per image at most")
+    generate.add_argument("--max-tags", type=int, default=d["max_tags"].default,
+                          help="tags per image at most")
     generate.add_argument("--detector", default=d["detector"].default, help="zero-shot detector path or id")
     generate.add_argument("--segmenter", default=d["segmenter"].default, help="SAM path or id")
     for flag, text in (("box_threshold", "best token probability a box needs"),
@@ -74,15 +79,18 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
                        ("nms_iou", "IoU above which a box of the same tag is suppressed"),
                        ("dedup_iou", "IoU above which a box of another tag is dropped as a duplicate")):
         generate.add_argument("--" + flag.replace("_", "-"), type=float, default=d[flag].default, help=text)
-    generate.add_argument("--max-regions", type=int, default=d["max_regions"].default, help="regions per image")
+    generate.add_argument("--max-regions", type=int, default=d["max_regions"].default,
+                          help="regions per image at most")
     generate.add_argument("--min-box-side", type=float, default=d["min_box_side"].default,
                           help="pixels a box side needs")
     generate.add_argument("--min-mask-area", type=int, default=d["min_mask_area"].default,
                           help="pixels a mask needs")
-    generate.add_argument("--batch-size", type=int, default=d["batch_size"].default, help="images per forward")
+    generate.add_argument("--batch-size", type=int, default=d["batch_size"].default,
+                          help="images per forward")
     generate.add_argument("--num-workers", type=int, default=d["num_workers"].default,
                           help="DataLoader workers decoding and preprocessing images")
-    generate.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if CUDA is there, else cpu")
+    generate.add_argument("--device", default=None,
+                          help="default: cuda:LOCAL_RANK if CUDA is there, else cpu")
     generate.add_argument("--no-progress", action="store_true", help="no progress bar")
     generate.set_defaults(func=run_generate)
 
@@ -126,9 +134,10 @@ def run_merge(args: argparse.Namespace) -> int:
         return 2 if not isinstance(err, ShardError) else 1
     summary = {"data": str(data), "records": report.written, "failed": report.failed,
                "missing": len(report.missing), "duplicated": len(report.duplicated),
-               "shards": [m["settings"] | {"shard_records": m["shard_records"], "shard_failed": m["shard_failed"]}
-                          for m in manifests]}
-    out.with_name(out.stem + ".manifest.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+               "shards": [{**m["settings"], "shard_records": m["shard_records"],
+                           "shard_failed": m["shard_failed"]} for m in manifests]}
+    manifest_path = out.with_name(out.stem + ".manifest.json")
+    manifest_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     for kind in ("missing", "duplicated", "unexpected"):
         ids = getattr(report, kind)
         if ids:

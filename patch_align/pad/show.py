@@ -1,4 +1,5 @@
 """PNG overlays of PAD records: each region's mask tinted, its box outlined, its label written."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,18 @@ from patch_align.pad.reader import iter_pad_records
 from patch_align.pad.schema import PadRecord
 
 # Distinct, saturated colours, cycled over regions.
-PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
-           (240, 50, 230), (210, 245, 60), (0, 128, 128), (170, 110, 40))
+PALETTE = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (0, 128, 128),
+    (170, 110, 40),
+)
 MASK_OPACITY = 0.5
 
 
@@ -23,8 +34,10 @@ def render_overlay(image: Image.Image, record: PadRecord) -> Image.Image:
     Raises ValueError when the image size differs from the record's (width, height).
     """
     if image.size != (record.width, record.height):
-        raise ValueError(f"record {record.id}: image is {image.size[0]}x{image.size[1]}, record says "
-                         f"{record.width}x{record.height}")
+        raise ValueError(
+            f"record {record.id}: image is {image.size[0]}x{image.size[1]}, record says "
+            f"{record.width}x{record.height}"
+        )
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
     for i, region in enumerate(record.regions):
         mask = decode_region_mask(region, record.height, record.width)
@@ -41,8 +54,9 @@ def render_overlay(image: Image.Image, record: PadRecord) -> Image.Image:
     return overlay
 
 
-def show_records(pad_path: str | os.PathLike, image_folder: str | os.PathLike, ids: list[str],
-                 out_dir: str | os.PathLike) -> list[Path]:
+def show_records(
+    pad_path: str | os.PathLike, image_folder: str | os.PathLike, ids: list[str], out_dir: str | os.PathLike
+) -> list[Path]:
     """Write `<out_dir>/<id>.png` for each id, in the order given; returns the paths.
 
     Raises KeyError naming the ids that are not in the PAD file.

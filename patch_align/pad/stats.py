@@ -1,4 +1,5 @@
 """Summary statistics of a PAD file: images, regions, labels, and how large the masks are."""
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,7 @@ AREA_BIN_EDGES = (0.0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 @dataclass
 class PadStats:
-    """Counts over a PAD file; `area_histogram[i]` counts masks with area fraction in bin i of `AREA_BIN_EDGES`."""
+    """Counts over a PAD file; `area_histogram[i]` counts masks whose area fraction is in bin i."""
 
     images: int = 0
     regions: int = 0
@@ -72,14 +73,17 @@ def pad_stats(path: str | os.PathLike) -> PadStats:
 def format_stats(stats: PadStats, k: int) -> str:
     """A plain-text report of `stats` with the `k` most and least frequent labels."""
     per_image = np.array(stats.regions_per_image or [0])
-    lines = [f"images: {stats.images}", f"regions: {stats.regions}",
-             f"images without regions: {stats.images_without_regions}",
-             f"regions per image: mean {per_image.mean():.2f}, median {np.median(per_image):g}, "
-             f"max {per_image.max()}",
-             f"unique labels: {stats.unique_labels}",
-             f"most frequent labels: {', '.join(f'{label} ({n})' for label, n in stats.label_head(k))}",
-             f"least frequent labels: {', '.join(f'{label} ({n})' for label, n in stats.label_tail(k))}",
-             "mask area / image area:"]
+    lines = [
+        f"images: {stats.images}",
+        f"regions: {stats.regions}",
+        f"images without regions: {stats.images_without_regions}",
+        f"regions per image: mean {per_image.mean():.2f}, median {np.median(per_image):g}, "
+        f"max {per_image.max()}",
+        f"unique labels: {stats.unique_labels}",
+        f"most frequent labels: {', '.join(f'{label} ({n})' for label, n in stats.label_head(k))}",
+        f"least frequent labels: {', '.join(f'{label} ({n})' for label, n in stats.label_tail(k))}",
+        "mask area / image area:",
+    ]
     for i, count in enumerate(stats.area_histogram):
         lines.append(f"  ({AREA_BIN_EDGES[i]:g}, {AREA_BIN_EDGES[i + 1]:g}]: {count}")
     return "\n".join(lines)

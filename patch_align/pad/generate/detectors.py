@@ -16,6 +16,7 @@ After thresholding: boxes clipped to the image, per-tag NMS, cross-tag de-duplic
 (a box of one tag that nearly repeats a better box of another tag is dropped), and at
 most `max_regions` boxes per image, best first.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,8 +55,10 @@ def normalized_boxes_to_pixels(boxes: torch.Tensor, width: int, height: int, fra
     else:
         raise ValueError(f"unknown box frame {frame!r} (expected {IMAGE_FRAME!r} or {PADDED_SQUARE_FRAME!r})")
     cx, cy, w, h = boxes.float().unbind(-1)
-    corners = torch.stack([(cx - w / 2) * scale_x, (cy - h / 2) * scale_y,
-                           (cx + w / 2) * scale_x, (cy + h / 2) * scale_y], dim=-1)
+    corners = torch.stack(
+        [(cx - w / 2) * scale_x, (cy - h / 2) * scale_y, (cx + w / 2) * scale_x, (cy + h / 2) * scale_y],
+        dim=-1,
+    )
     limits = torch.tensor([width, height, width, height], dtype=corners.dtype)
     return torch.minimum(corners.clamp(min=0), limits)
 
@@ -82,8 +85,9 @@ def nms_keep(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) ->
     return kept
 
 
-def select_detections(candidates: list[Detection], nms_iou: float, dedup_iou: float,
-                      max_regions: int) -> list[Detection]:
+def select_detections(
+    candidates: list[Detection], nms_iou: float, dedup_iou: float, max_regions: int
+) -> list[Detection]:
     """NMS within each label, then drop boxes overlapping a better box of another label by > `dedup_iou`.
 
     Returns at most `max_regions` detections, best score first.
@@ -95,12 +99,15 @@ def select_detections(candidates: list[Detection], nms_iou: float, dedup_iou: fl
         survivors += [group[i] for i in keep]
     if not survivors:
         return []
-    keep = nms_keep(torch.tensor([d.box for d in survivors]), torch.tensor([d.score for d in survivors]),
-                    dedup_iou)
+    keep = nms_keep(
+        torch.tensor([d.box for d in survivors]), torch.tensor([d.score for d in survivors]), dedup_iou
+    )
     return [survivors[i] for i in keep][:max_regions]
 
 
-def tag_token_spans(prompt_offsets: list[tuple[int, int]], tag_spans: list[tuple[int, int]]) -> list[list[int]]:
+def tag_token_spans(
+    prompt_offsets: list[tuple[int, int]], tag_spans: list[tuple[int, int]]
+) -> list[list[int]]:
     """For each tag's character span in the prompt, the token positions whose characters lie in it.
 
     `prompt_offsets` are the tokenizer's (start, end) character offsets per token
@@ -124,8 +131,14 @@ def grounding_prompt(tags: list[str]) -> tuple[str, list[tuple[int, int]]]:
     return " ".join(parts), spans
 
 
-def grounded_candidates(probs: torch.Tensor, boxes: torch.Tensor, tags: list[str], token_spans: list[list[int]],
-                        box_threshold: float, text_threshold: float) -> list[tuple[int, int, float]]:
+def grounded_candidates(
+    probs: torch.Tensor,
+    boxes: torch.Tensor,
+    tags: list[str],
+    token_spans: list[list[int]],
+    box_threshold: float,
+    text_threshold: float,
+) -> list[tuple[int, int, float]]:
     """(query, tag, score) for the queries of one image that pass both thresholds.
 
     `probs` is (Q, T) token probabilities, `boxes` (Q, 4); a tag's score is the mean of
@@ -145,11 +158,20 @@ def grounded_candidates(probs: torch.Tensor, boxes: torch.Tensor, tags: list[str
 
 
 class ZeroShotDetector:
-    """A transformers zero-shot detector (Grounding DINO by default, OWL-ViT / OWLv2) with PAD post-processing."""
+    """A transformers zero-shot detector (Grounding DINO, OWL-ViT, OWLv2) with PAD post-processing."""
 
-    def __init__(self, model_path: str, box_threshold: float, text_threshold: float, nms_iou: float,
-                 dedup_iou: float, max_regions: int, min_box_side: float, device: torch.device,
-                 dtype: torch.dtype | None):
+    def __init__(
+        self,
+        model_path: str,
+        box_threshold: float,
+        text_threshold: float,
+        nms_iou: float,
+        dedup_iou: float,
+        max_regions: int,
+        min_box_side: float,
+        device: torch.device,
+        dtype: torch.dtype | None,
+    ):
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
         self.model_path = model_path
@@ -165,24 +187,33 @@ class ZeroShotDetector:
         self.model = AutoModelForZeroShotObjectDetection.from_pretrained(model_path).to(device).eval()
         self.model_type = self.model.config.model_type
         if self.model_type not in PHRASE_GROUNDING_TYPES + PER_QUERY_TEXT_TYPES:
-            raise ValueError(f"--detector {model_path}: model type {self.model_type!r} is not supported "
-                             f"(supported: {PHRASE_GROUNDING_TYPES + PER_QUERY_TEXT_TYPES})")
+            raise ValueError(
+                f"--detector {model_path}: model type {self.model_type!r} is not supported "
+                f"(supported: {PHRASE_GROUNDING_TYPES + PER_QUERY_TEXT_TYPES})"
+            )
         self.frame = PADDED_SQUARE_FRAME if self.model_type in PADDED_SQUARE_TYPES else IMAGE_FRAME
 
     def settings(self) -> dict[str, Any]:
-        return {"detector": self.model_path, "detector_type": self.model_type,
-                "detector_revision": getattr(self.model.config, "_commit_hash", None),
-                "box_threshold": self.box_threshold, "text_threshold": self.text_threshold,
-                "nms_iou": self.nms_iou, "dedup_iou": self.dedup_iou, "max_regions": self.max_regions,
-                "min_box_side": self.min_box_side}
+        return {
+            "detector": self.model_path,
+            "detector_type": self.model_type,
+            "detector_revision": getattr(self.model.config, "_commit_hash", None),
+            "box_threshold": self.box_threshold,
+            "text_threshold": self.text_threshold,
+            "nms_iou": self.nms_iou,
+            "dedup_iou": self.dedup_iou,
+            "max_regions": self.max_regions,
+            "min_box_side": self.min_box_side,
+        }
 
     @property
     def image_processor(self) -> Any:
         """The model's image processor; the pipeline runs it in DataLoader workers."""
         return self.processor.image_processor
 
-    def detect(self, prepared: dict[str, torch.Tensor], tags: list[list[str]],
-               sizes: list[tuple[int, int]]) -> list[list[Detection]]:
+    def detect(
+        self, prepared: dict[str, torch.Tensor], tags: list[list[str]], sizes: list[tuple[int, int]]
+    ) -> list[list[Detection]]:
         """Detections per image for that image's `tags`; `sizes` are (width, height) of the originals."""
         if not any(tags):
             return [[] for _ in tags]
@@ -203,14 +234,22 @@ class ZeroShotDetector:
 
     def _forward(self, inputs: dict[str, torch.Tensor]) -> Any:
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        with torch.no_grad(), torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+        with (
+            torch.no_grad(),
+            torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None),
+        ):
             return self.model(**inputs)
 
     def _grounding_candidates(self, prepared: dict[str, torch.Tensor], tags: list[list[str]]) -> list[Any]:
         prompts = [grounding_prompt([t.lower() for t in image_tags]) for image_tags in tags]
-        text = self.processor.tokenizer([p for p, _ in prompts], padding="longest", truncation=True,
-                                        max_length=self.model.config.max_text_len,
-                                        return_offsets_mapping=True, return_tensors="pt")
+        text = self.processor.tokenizer(
+            [p for p, _ in prompts],
+            padding="longest",
+            truncation=True,
+            max_length=self.model.config.max_text_len,
+            return_offsets_mapping=True,
+            return_tensors="pt",
+        )
         offsets = text.pop("offset_mapping").tolist()
         outputs = self._forward({**prepared, **text})
         probs = outputs.logits.float().sigmoid().cpu()
@@ -218,8 +257,9 @@ class ZeroShotDetector:
         result = []
         for i, image_tags in enumerate(tags):
             spans = tag_token_spans(offsets[i], prompts[i][1])
-            found = grounded_candidates(probs[i], boxes[i], image_tags, spans, self.box_threshold,
-                                        self.text_threshold)
+            found = grounded_candidates(
+                probs[i], boxes[i], image_tags, spans, self.box_threshold, self.text_threshold
+            )
             result.append((image_tags, found, boxes[i]))
         return result
 
@@ -227,18 +267,23 @@ class ZeroShotDetector:
         # OWL models take the same number of queries per image: pad with a blank query, ignored below.
         width = max(len(t) for t in tags)
         queries = [list(t) + [" "] * (width - len(t)) for t in tags]
-        text = self.processor.tokenizer([q for row in queries for q in row], padding="max_length",
-                                        truncation=True, return_tensors="pt")
-        outputs = self._forward({**prepared, "input_ids": text["input_ids"],
-                                 "attention_mask": text["attention_mask"]})
+        text = self.processor.tokenizer(
+            [q for row in queries for q in row], padding="max_length", truncation=True, return_tensors="pt"
+        )
+        outputs = self._forward(
+            {**prepared, "input_ids": text["input_ids"], "attention_mask": text["attention_mask"]}
+        )
         probs = outputs.logits.float().sigmoid().cpu()
         boxes = outputs.pred_boxes.float().cpu()
         result = []
         for i, image_tags in enumerate(tags):
             found = []
             if image_tags:
-                score, best = probs[i, :, :len(image_tags)].max(-1)
-                found = [(q, int(best[q]), float(score[q])) for q in range(probs.shape[1])
-                         if score[q] >= self.box_threshold]
+                score, best = probs[i, :, : len(image_tags)].max(-1)
+                found = [
+                    (q, int(best[q]), float(score[q]))
+                    for q in range(probs.shape[1])
+                    if score[q] >= self.box_threshold
+                ]
             result.append((image_tags, found, boxes[i]))
         return result

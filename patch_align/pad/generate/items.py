@@ -1,4 +1,5 @@
 """The images of a LLaVA data JSON that PAD generation works on, in file order."""
+
 from __future__ import annotations
 
 import json

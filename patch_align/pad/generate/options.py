@@ -1,4 +1,5 @@
 """Options of `patch-align pad generate`, checked; kept free of torch so the CLI parser stays light."""
+
 from __future__ import annotations
 
 import os

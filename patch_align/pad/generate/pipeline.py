@@ -7,6 +7,7 @@ are decoded and preprocessed by DataLoader workers; the models run batched on th
 process's device (`cuda:LOCAL_RANK` when CUDA is there, else CPU), under bf16 autocast
 where the GPU supports it.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,16 @@ from patch_align.pad.generate.taggers import SampleInfo
 logger = logging.getLogger(__name__)
 
 # Settings whose change would make a resumed shard disagree with its first part.
-RESUME_KEYS = ("data", "image_folder", "world_size", "source", "min_mask_area", "tagger", "detector",
-               "segmenter")
+RESUME_KEYS = (
+    "data",
+    "image_folder",
+    "world_size",
+    "source",
+    "min_mask_area",
+    "tagger",
+    "detector",
+    "segmenter",
+)
 
 
 @dataclass
@@ -83,8 +92,10 @@ class Collate:
     def __call__(self, loaded: list[LoadedImage]) -> Batch:
         good = [x for x in loaded if x.image is not None]
         images = [x.image for x in good]
-        prepared = {name: (dict(p(images=images, return_tensors="pt")) if p is not None and images else None)
-                    for name, p in self.image_processors.items()}
+        prepared = {
+            name: (dict(p(images=images, return_tensors="pt")) if p is not None and images else None)
+            for name, p in self.image_processors.items()
+        }
         return Batch(good, [x for x in loaded if x.image is None], prepared)
 
 
@@ -126,8 +137,16 @@ def pick_device(local_rank: int, requested: str | None) -> tuple[torch.device, t
     return device, (torch.bfloat16 if use_bf16 else None)
 
 
-def build_record(item: ImageItem, width: int, height: int, labels: list[str], scores: list[float],
-                 masks: list[Any], source: str, min_mask_area: int) -> tuple[dict[str, Any], int]:
+def build_record(
+    item: ImageItem,
+    width: int,
+    height: int,
+    labels: list[str],
+    scores: list[float],
+    masks: list[Any],
+    source: str,
+    min_mask_area: int,
+) -> tuple[dict[str, Any], int]:
     """A PAD record from one image's detections and masks, and how many masks were dropped as too small.
 
     `bbox` is the mask's tight box (so box and mask always agree); `score` is the
@@ -140,8 +159,15 @@ def build_record(item: ImageItem, width: int, height: int, labels: list[str], sc
         if area < min_mask_area:
             dropped += 1
             continue
-        regions.append({"label": label, "bbox": bbox, "segmentation": segmentation,
-                        "score": round(score * segmented.score, 6), "source": source})
+        regions.append(
+            {
+                "label": label,
+                "bbox": bbox,
+                "segmentation": segmentation,
+                "score": round(score * segmented.score, 6),
+                "source": source,
+            }
+        )
     return {"id": item.id, "image": item.image, "width": width, "height": height, "regions": regions}, dropped
 
 
@@ -154,23 +180,41 @@ def check_resume_settings(path: Path, settings: dict[str, Any]) -> None:
     changed = [k for k in RESUME_KEYS if before.get(k) != settings.get(k)]
     if changed:
         details = ", ".join(f"{k}: {before.get(k)!r} -> {settings.get(k)!r}" for k in changed)
-        raise ValueError(f"{path} was written with other settings ({details}); use another --out or the "
-                         "same arguments")
+        raise ValueError(
+            f"{path} was written with other settings ({details}); use another --out or the same arguments"
+        )
 
 
-def write_manifest(path: Path, settings: dict[str, Any], counts: RunCounts, records: int, failed: int) -> None:
+def write_manifest(
+    path: Path, settings: dict[str, Any], counts: RunCounts, records: int, failed: int
+) -> None:
     """The shard's manifest: settings, this run's counts, and the totals now in the shard."""
-    manifest = {"settings": settings, "last_run": {k: v for k, v in asdict(counts).items() if k != "failures"},
-                "shard_records": records, "shard_failed": failed}
+    manifest = {
+        "settings": settings,
+        "last_run": {k: v for k, v in asdict(counts).items() if k != "failures"},
+        "shard_records": records,
+        "shard_failed": failed,
+    }
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)  # atomic: a kill never leaves half a manifest
 
 
-def run_generation(items: list[ImageItem], image_folder: str | os.PathLike, out_dir: str | os.PathLike,
-                   tagger: Any, detector: Any, segmenter: Any, settings: dict[str, Any], batch_size: int,
-                   num_workers: int, rank: int, world_size: int, min_mask_area: int,
-                   progress: bool = True) -> RunCounts:
+def run_generation(
+    items: list[ImageItem],
+    image_folder: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    tagger: Any,
+    detector: Any,
+    segmenter: Any,
+    settings: dict[str, Any],
+    batch_size: int,
+    num_workers: int,
+    rank: int,
+    world_size: int,
+    min_mask_area: int,
+    progress: bool = True,
+) -> RunCounts:
     """Generate this rank's shard of PAD records, skipping ids already in it; returns the counts.
 
     `settings` go into the manifest and are compared with an earlier run's before
@@ -184,16 +228,27 @@ def run_generation(items: list[ImageItem], image_folder: str | os.PathLike, out_
     writer = ShardWriter(out_dir, rank, world_size)
     counts = RunCounts(repaired_bytes=writer.repaired_bytes)
     if writer.repaired_bytes:
-        logger.warning("%s: cut a torn last line (%d bytes) left by an interrupted run",
-                       writer.records_path, writer.repaired_bytes)
+        logger.warning(
+            "%s: cut a torn last line (%d bytes) left by an interrupted run",
+            writer.records_path,
+            writer.repaired_bytes,
+        )
     mine = [items[i] for i in shard_indices(len(items), rank, world_size)]
     todo = [item for item in mine if item.id not in writer.done]
     counts.assigned, counts.skipped_done = len(mine), len(mine) - len(todo)
     write_manifest(manifest_path, settings, counts, writer.records_before, writer.failed_before)
-    loader = DataLoader(ImageDataset(todo, image_folder), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=Collate({"tagger": tagger.image_processor,
-                                            "detector": detector.image_processor,
-                                            "segmenter": segmenter.image_processor}))
+    loader = DataLoader(
+        ImageDataset(todo, image_folder),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=Collate(
+            {
+                "tagger": tagger.image_processor,
+                "detector": detector.image_processor,
+                "segmenter": segmenter.image_processor,
+            }
+        ),
+    )
     start = time.perf_counter()
     records_written = writer.records_before
     failed_written = writer.failed_before
@@ -206,14 +261,24 @@ def run_generation(items: list[ImageItem], image_folder: str | os.PathLike, out_
                     tags = tagger.tag(samples, batch.prepared["tagger"])
                     sizes = [x.image.size for x in batch.good]
                     detections = detector.detect(batch.prepared["detector"], tags, sizes)
-                    boxes = [torch.tensor([d.box for d in dets], dtype=torch.float32).reshape(-1, 4)
-                             for dets in detections]
+                    boxes = [
+                        torch.tensor([d.box for d in dets], dtype=torch.float32).reshape(-1, 4)
+                        for dets in detections
+                    ]
                     masks = segmenter.segment(batch.prepared["segmenter"], boxes)
-                    for x, dets, image_masks, (width, height) in zip(batch.good, detections, masks, sizes,
-                                                                     strict=True):
-                        record, dropped = build_record(x.item, width, height, [d.label for d in dets],
-                                                       [d.score for d in dets], image_masks,
-                                                       settings["source"], min_mask_area)
+                    for x, dets, image_masks, (width, height) in zip(
+                        batch.good, detections, masks, sizes, strict=True
+                    ):
+                        record, dropped = build_record(
+                            x.item,
+                            width,
+                            height,
+                            [d.label for d in dets],
+                            [d.score for d in dets],
+                            image_masks,
+                            settings["source"],
+                            min_mask_area,
+                        )
                         counts.boxes_without_mask += dropped
                         counts.regions += len(record["regions"])
                         records.append(record)
@@ -228,8 +293,11 @@ def run_generation(items: list[ImageItem], image_folder: str | os.PathLike, out_
                     logger.warning("skipped %s: %s", failure["id"], failure["reason"])
                 elapsed = max(time.perf_counter() - start, 1e-9)
                 bar.update(len(records) + len(failures))
-                bar.set_postfix(img_s=f"{(counts.processed + counts.failed) / elapsed:.2f}",
-                                regions_s=f"{counts.regions / elapsed:.2f}", failed=counts.failed)
+                bar.set_postfix(
+                    img_s=f"{(counts.processed + counts.failed) / elapsed:.2f}",
+                    regions_s=f"{counts.regions / elapsed:.2f}",
+                    failed=counts.failed,
+                )
     finally:
         writer.close()
         counts.seconds = time.perf_counter() - start

@@ -10,6 +10,7 @@ A record is appended as one `write` of a complete line, flushed and fsynced per 
 so a killed process leaves at most one torn last line. Opening a shard again cuts that
 torn tail away and reports the ids already written, which the run then skips.
 """
+
 from __future__ import annotations
 
 import json
@@ -102,7 +103,9 @@ class ShardWriter:
     def write(self, records: Iterable[dict[str, Any]], failures: Iterable[dict[str, Any]]) -> None:
         """Append one batch: each object one line, then flush and fsync both files."""
         for handle, items in ((self._failed, failures), (self._records, records)):
-            lines = b"".join(json.dumps(item, separators=(",", ":")).encode("utf-8") + b"\n" for item in items)
+            lines = b"".join(
+                json.dumps(item, separators=(",", ":")).encode("utf-8") + b"\n" for item in items
+            )
             if lines:
                 handle.write(lines)
                 handle.flush()
@@ -136,12 +139,16 @@ def _index_lines(paths: list[Path], expected: set[str], report: MergeReport) -> 
             offset = 0
             for line_number, line in enumerate(f, start=1):
                 if not line.endswith(b"\n"):
-                    raise ShardError(f"{path}: line {line_number} is torn (no newline); rerun the generation "
-                                     "with the same arguments to repair and finish it")
+                    raise ShardError(
+                        f"{path}: line {line_number} is torn (no newline); rerun the generation "
+                        "with the same arguments to repair and finish it"
+                    )
                 try:
                     record_id = json.loads(line)["id"]
                 except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-                    raise ShardError(f"{path}: line {line_number} is not a JSON object with an 'id'") from None
+                    raise ShardError(
+                        f"{path}: line {line_number} is not a JSON object with an 'id'"
+                    ) from None
                 if record_id in where:
                     report.duplicated.append(record_id)
                 elif record_id not in expected:
@@ -152,8 +159,13 @@ def _index_lines(paths: list[Path], expected: set[str], report: MergeReport) -> 
     return where
 
 
-def merge_shards(out_dir: str | os.PathLike, ids: list[str], out_path: str | os.PathLike,
-                 failed_path: str | os.PathLike, header: dict[str, Any]) -> MergeReport:
+def merge_shards(
+    out_dir: str | os.PathLike,
+    ids: list[str],
+    out_path: str | os.PathLike,
+    failed_path: str | os.PathLike,
+    header: dict[str, Any],
+) -> MergeReport:
     """Join every `shard-*.jsonl` of `out_dir` into `out_path` in the order of `ids` (data order).
 
     Writes `header` as the first line, then one record per id that has one; ids listed
@@ -161,7 +173,9 @@ def merge_shards(out_dir: str | os.PathLike, ids: list[str], out_path: str | os.
     the two; the report lists the ids that are not, and the ids seen twice or not in `ids`.
     """
     out_dir = Path(out_dir)
-    record_files = sorted(p for p in out_dir.glob("shard-*-of-*.jsonl") if not p.name.endswith(".failed.jsonl"))
+    record_files = sorted(
+        p for p in out_dir.glob("shard-*-of-*.jsonl") if not p.name.endswith(".failed.jsonl")
+    )
     failed_files = sorted(out_dir.glob("shard-*-of-*.failed.jsonl"))
     if not record_files:
         raise FileNotFoundError(f"no shard-*.jsonl files in {out_dir}")

@@ -12,6 +12,7 @@ image processor made of the batch. Three taggers:
 - `clip`: zero-shot multi-label tagging against a vocabulary file with a CLIP model:
   every vocabulary entry whose image-text cosine similarity reaches a threshold.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,8 @@ import torch
 
 # Words that end a noun phrase and are never part of one: articles, determiners,
 # pronouns, prepositions, conjunctions, auxiliaries and the commonest caption verbs.
-BREAK_WORDS = frozenset("""
+BREAK_WORDS = frozenset(
+    """
 a an the this that these those some any each every no another other its it it's his her hers their
 theirs our ours my your i you he she we they them him us me there here who whom whose which what
 of in on at by for with without from to into onto over under above below near beside behind between
@@ -34,21 +36,28 @@ is are was were be been being am has have had do does did will would can could s
 sits sitting sit stands standing stand holds holding hold looks looking look shows showing show
 lies lying lay walks walking walk runs running run rides riding ride wears wearing wear made make
 makes using use uses set sets get gets getting go goes going come comes coming see seen seeing
-one two three four five six seven eight nine ten several many few more most much lot lots
-""".split())
+one two three four five six seven eight nine ten several many few more most much lot lots front top
+""".split()
+)
 
 # Words that describe the picture itself rather than something in it.
-GENERIC_WORDS = frozenset("""
+GENERIC_WORDS = frozenset(
+    """
 image images photo photos photograph picture pictures illustration illustrations stock vector
 vectors royalty free background backgrounds view close closeup closeups shot shots stock-photo
-clipart clip art drawing drawings cartoon rendering render design designs pattern patterns
-""".split())
+close-up clipart clip art drawing drawings cartoon rendering render design designs pattern patterns
+""".split()
+)
 
 MAX_PHRASE_WORDS = 3
 
 _WORD = re.compile(r"[a-z][a-z'-]*")
 # Clause punctuation and digits split phrases; apostrophes and hyphens stay inside words.
 _SPLIT = re.compile(r"[^a-z'\- ]+")
+
+
+def _looks_like_verb(word: str) -> bool:
+    return word.endswith("ing") or (len(word) >= 5 and word.endswith("ed") and not word.endswith("eed"))
 
 
 def caption_noun_phrases(caption: str) -> list[str]:
@@ -68,7 +77,7 @@ def caption_noun_phrases(caption: str) -> list[str]:
         run: list[str] = []
         for word in [*_WORD.findall(clause), ""]:  # "" flushes the last run
             word = word.strip("'-")
-            if word and word not in BREAK_WORDS and word not in GENERIC_WORDS and not word.endswith("ing"):
+            if word and word not in BREAK_WORDS and word not in GENERIC_WORDS and not _looks_like_verb(word):
                 run.append(word)
                 continue
             phrase = " ".join(run[-MAX_PHRASE_WORDS:])
@@ -101,7 +110,7 @@ class CaptionTagger:
     image_processor = None
 
     def tag(self, samples: list[SampleInfo], prepared: Any) -> list[list[str]]:
-        return [caption_noun_phrases(s.caption)[:self.max_tags] for s in samples]
+        return [caption_noun_phrases(s.caption)[: self.max_tags] for s in samples]
 
 
 class FileTagger:
@@ -120,7 +129,7 @@ class FileTagger:
     image_processor = None
 
     def tag(self, samples: list[SampleInfo], prepared: Any) -> list[list[str]]:
-        return [self.tags_by_id.get(s.id, [])[:self.max_tags] for s in samples]
+        return [self.tags_by_id.get(s.id, [])[: self.max_tags] for s in samples]
 
 
 def read_tag_file(path: str | os.PathLike) -> dict[str, list[str]]:
@@ -155,8 +164,9 @@ def read_vocabulary(path: str | os.PathLike) -> list[str]:
     return vocabulary
 
 
-def multilabel_tags(similarity: torch.Tensor, vocabulary: list[str], threshold: float,
-                    max_tags: int) -> list[list[str]]:
+def multilabel_tags(
+    similarity: torch.Tensor, vocabulary: list[str], threshold: float, max_tags: int
+) -> list[list[str]]:
     """Per image, the vocabulary entries with cosine similarity >= `threshold`, best first.
 
     `similarity` is (B, V) cosine similarities between images and vocabulary entries.
@@ -173,8 +183,14 @@ class ClipTagger:
 
     name = "clip"
 
-    def __init__(self, model_path: str, vocabulary_path: str | os.PathLike, threshold: float, max_tags: int,
-                 device: torch.device):
+    def __init__(
+        self,
+        model_path: str,
+        vocabulary_path: str | os.PathLike,
+        threshold: float,
+        max_tags: int,
+        device: torch.device,
+    ):
         from transformers import AutoProcessor, CLIPModel
 
         self.model_path = model_path
@@ -190,8 +206,13 @@ class ClipTagger:
             self.text_embeddings = _unit(self.model.get_text_features(**text))
 
     def settings(self) -> dict[str, Any]:
-        return {"tagger": self.name, "clip_model": self.model_path, "vocabulary": self.vocabulary_path,
-                "clip_threshold": self.threshold, "max_tags": self.max_tags}
+        return {
+            "tagger": self.name,
+            "clip_model": self.model_path,
+            "vocabulary": self.vocabulary_path,
+            "clip_threshold": self.threshold,
+            "max_tags": self.max_tags,
+        }
 
     @property
     def image_processor(self) -> Any:
@@ -199,9 +220,12 @@ class ClipTagger:
 
     def tag(self, samples: list[SampleInfo], prepared: dict[str, torch.Tensor]) -> list[list[str]]:
         with torch.no_grad():
-            image = _unit(self.model.get_image_features(pixel_values=prepared["pixel_values"].to(self.device)))
-        return multilabel_tags((image @ self.text_embeddings.T).float().cpu(), self.vocabulary,
-                               self.threshold, self.max_tags)
+            image = _unit(
+                self.model.get_image_features(pixel_values=prepared["pixel_values"].to(self.device))
+            )
+        return multilabel_tags(
+            (image @ self.text_embeddings.T).float().cpu(), self.vocabulary, self.threshold, self.max_tags
+        )
 
 
 def _unit(features: Any) -> torch.Tensor:
