@@ -15,6 +15,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "pad": ("patch_align.pad.cli", "Patch-Aligned Dataset files: check them"),
     "analyze": ("patch_align.analysis.cli", "measure compression and patch alignment of a projector"),
     "sea": ("patch_align.sea.cli", "SEA token labels: vocabulary and offline CLIP labelling"),
+    "world": ("patch_align.world.cli", "the miniature world: generate it, bootstrap its models"),
 }
 
 

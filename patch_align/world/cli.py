@@ -1,0 +1,78 @@
+"""The `patch-align world ...` subcommands: argument parsing and printing only."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from patch_align.world.generator import WorldSpec
+from patch_align.world.scene import PALETTE, SHAPES, SIZE_FRACTIONS, SceneSpec
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the `world` group and its subcommands on the top-level `subparsers`."""
+    world = subparsers.add_parser("world", help="the miniature world: generate it, bootstrap its models")
+    commands = world.add_subparsers(dest="world_command", required=True, metavar="COMMAND")
+    scene, spec = SceneSpec(), WorldSpec()
+    make = commands.add_parser(
+        "make", help="generate images, masks and LLaVA/PAD/eval files",
+        description="Generate a deterministic miniature world (layout and formats in docs/demo.md).")
+    make.add_argument("--out", required=True, help="world folder (reused when the spec is unchanged)")
+    make.add_argument("--seed", type=int, default=spec.seed)
+    make.add_argument("--n-train", type=int, default=spec.n_train, help="training images")
+    make.add_argument("--n-eval", type=int, default=spec.n_eval, help="held-out images")
+    make.add_argument("--min-size", type=int, default=scene.min_size, help="smallest image edge, px")
+    make.add_argument("--max-size", type=int, default=scene.max_size, help="largest image edge, px")
+    make.add_argument("--objects-min", type=int, default=scene.objects_min)
+    make.add_argument("--objects-max", type=int, default=scene.objects_max)
+    make.add_argument("--shapes", nargs="+", default=list(scene.shapes), help=f"from {', '.join(SHAPES)}")
+    make.add_argument("--colours", nargs="+", default=list(scene.colours), help=f"from {', '.join(PALETTE)}")
+    make.add_argument("--sizes", nargs="+", default=list(scene.sizes),
+                      help=f"from {', '.join(SIZE_FRACTIONS)}")
+    make.add_argument("--min-visible", type=float, default=scene.min_visible,
+                      help="fraction of each object's area that stays visible after overlap")
+    make.add_argument("--caption-references", type=int, default=spec.caption_references,
+                      help="reference captions per held-out image")
+    make.add_argument("--vqa-per-image", type=int, default=spec.vqa_per_image)
+    make.add_argument("--force", action="store_true", help="regenerate even when the folder has this spec")
+    make.set_defaults(func=run_make)
+
+    boot = commands.add_parser(
+        "bootstrap", help="train the world's small CLIP and Llama (cached)",
+        description="Train a small CLIP contrastively on the world's image-caption pairs and a small Llama "
+                    "on its text; save both as transformers folders and their quality in bootstrap.json.")
+    boot.add_argument("--world", required=True, help="a folder written by `patch-align world make`")
+    boot.add_argument("--out", required=True, help="folder for clip/, llm/ and bootstrap.json")
+    boot.add_argument("--quick", action="store_true", help="the small, fast preset (~20-30 s on 2 CPU cores)")
+    boot.add_argument("--seed", type=int, default=None, help="override the preset's seed")
+    boot.add_argument("--force", action="store_true", help="retrain even when the cache matches")
+    boot.set_defaults(func=run_bootstrap)
+
+
+def run_make(args: argparse.Namespace) -> int:
+    from patch_align.world.generator import make_world
+
+    spec = WorldSpec(
+        seed=args.seed, n_train=args.n_train, n_eval=args.n_eval,
+        scene=SceneSpec(min_size=args.min_size, max_size=args.max_size, objects_min=args.objects_min,
+                        objects_max=args.objects_max, shapes=tuple(args.shapes), colours=tuple(args.colours),
+                        sizes=tuple(args.sizes), min_visible=args.min_visible),
+        caption_references=args.caption_references, vqa_per_image=args.vqa_per_image)
+    start = time.perf_counter()
+    manifest = make_world(args.out, spec, reuse=not args.force)
+    counts = manifest["counts"]
+    print(f"world in {args.out} ({time.perf_counter() - start:.1f} s): "
+          f"{counts['train']['images']} train / {counts['eval']['images']} eval images, "
+          f"{counts['train']['objects'] + counts['eval']['objects']} objects")
+    return 0
+
+
+def run_bootstrap(args: argparse.Namespace) -> int:
+    from patch_align.world.bootstrap import DEFAULT_SETTINGS, QUICK_SETTINGS, bootstrap_world
+
+    settings = QUICK_SETTINGS if args.quick else DEFAULT_SETTINGS
+    if args.seed is not None:
+        settings = settings.with_seed(args.seed)
+    report = bootstrap_world(args.world, args.out, settings, force=args.force)
+    print(json.dumps({key: report[key] for key in ("cached", "clip", "llm", "seconds")}, indent=2))
+    return 0

@@ -1,0 +1,303 @@
+"""Write a miniature world to disk in the project's real formats (layout in docs/demo.md).
+
+    OUT/world.json                      manifest: spec, conventions, files, counts
+    OUT/images/{train,eval}/*.png       the images (non-square, sizes vary)
+    OUT/pretrain.json                   LLaVA pretraining JSON (one caption per train image)
+    OUT/instruct.json                   LLaVA instruction JSON: caption, REC and VQA conversations
+    OUT/pretrain_eval.json, OUT/instruct_eval.json   the same for the held-out images
+    OUT/pad/{train,eval}.jsonl          PAD: one region per object, label "red circle", COCO RLE
+    OUT/eval/rec.jsonl                  REC questions with ground-truth boxes (llava.eval.eval_rec)
+    OUT/eval/vqa_questions.jsonl, vqa_answers.jsonl   VQA questions; one answer each (exact match)
+    OUT/eval/caption_questions.jsonl, caption_references.json   caption prompts and references
+    OUT/scenes/{train,eval}.jsonl       every object's properties, visible box, centroid, area
+
+Image `i` of a split is drawn from its own generator seeded by (seed, split, i): the whole
+world is a function of the spec, and changing `n_train` leaves the eval images unchanged.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from llava.constants import DEFAULT_IMAGE_TOKEN
+from llava.eval.rec import (
+    REC_PROMPT,
+    ReferringRegion,
+    box_to_padded_normalized,
+    build_rec_questions,
+    format_box,
+)
+from patch_align.world.scene import (
+    Scene,
+    SceneSpec,
+    VisibleObject,
+    measure_objects,
+    render_scene,
+    sample_scene,
+)
+from patch_align.world.text import (
+    CAPTION_PROMPT,
+    PRETRAIN_PROMPTS,
+    VQA_SUFFIX,
+    caption_variants,
+    label,
+    referring_expression,
+    vqa_candidates,
+)
+
+# Bump when the same spec would produce different files.
+GENERATOR_VERSION = 1
+SPLITS = ("train", "eval")
+_SPLIT_CODES = {"train": 0, "eval": 1}
+WORLD_FILES = {
+    "pretrain": "pretrain.json", "instruct": "instruct.json",
+    "pretrain_eval": "pretrain_eval.json", "instruct_eval": "instruct_eval.json",
+    "pad_train": "pad/train.jsonl", "pad_eval": "pad/eval.jsonl",
+    "rec_questions": "eval/rec.jsonl",
+    "vqa_questions": "eval/vqa_questions.jsonl", "vqa_answers": "eval/vqa_answers.jsonl",
+    "caption_questions": "eval/caption_questions.jsonl", "caption_references": "eval/caption_references.json",
+    "scenes_train": "scenes/train.jsonl", "scenes_eval": "scenes/eval.jsonl",
+    "image_folder": "images",
+}
+MANIFEST_NAME = "world.json"
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    """Every property of a world. `caption_references` captions are kept per eval image;
+    `vqa_per_image` questions are asked per image (fewer when fewer are unambiguous)."""
+
+    seed: int = 0
+    n_train: int = 2000
+    n_eval: int = 200
+    scene: SceneSpec = field(default_factory=SceneSpec)
+    caption_references: int = 5
+    vqa_per_image: int = 3
+
+    def check(self) -> None:
+        """Raise ValueError naming the bad property."""
+        self.scene.check()
+        if self.n_train < 1 or self.n_eval < 1:
+            raise ValueError(f"n_train and n_eval must be >= 1, got {self.n_train}, {self.n_eval}")
+        if self.caption_references < 1 or self.vqa_per_image < 1:
+            raise ValueError("caption_references and vqa_per_image must be >= 1, got "
+                             f"{self.caption_references}, {self.vqa_per_image}")
+
+
+@dataclass(frozen=True)
+class RenderedImage:
+    """One generated image with its ground truth: pixels (H, W, 3) uint8, id map (H, W) int16."""
+
+    image_id: str
+    image: str
+    scene: Scene
+    pixels: np.ndarray
+    id_map: np.ndarray
+    objects: list[VisibleObject]
+    rng: np.random.Generator
+
+
+def spec_to_json(spec: WorldSpec) -> dict[str, Any]:
+    """The spec as plain JSON values (tuples become lists)."""
+    return json.loads(json.dumps(asdict(spec)))
+
+
+def spec_from_json(values: dict[str, Any]) -> WorldSpec:
+    """Inverse of `spec_to_json`."""
+    scene = {key: tuple(v) if isinstance(v, list) else v for key, v in values["scene"].items()}
+    return WorldSpec(**{**values, "scene": SceneSpec(**scene)})
+
+
+def render_world_image(spec: WorldSpec, split: str, index: int) -> RenderedImage:
+    """Image `index` of `split`, exactly as `make_world` writes it; `rng` is left ready for its text."""
+    if split not in _SPLIT_CODES:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    rng = np.random.default_rng([spec.seed, _SPLIT_CODES[split], index])
+    scene = sample_scene(spec.scene, rng)
+    pixels, id_map = render_scene(scene, rng)
+    image_id = f"{split}-{index:06d}"
+    return RenderedImage(image_id, f"{split}/{image_id}.png", scene, pixels, id_map,
+                         measure_objects(scene, id_map), rng)
+
+
+def encode_mask(mask: np.ndarray) -> dict[str, Any]:
+    """(H, W) bool → compressed COCO RLE with `counts` as a str (JSON-ready)."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def pad_record(item: RenderedImage) -> dict[str, Any]:
+    regions = []
+    for obj in item.objects:
+        x1, y1, x2, y2 = obj.bbox_xyxy
+        regions.append({"label": label(obj), "bbox": [x1, y1, x2 - x1, y2 - y1],
+                        "segmentation": encode_mask(item.id_map == obj.index + 1), "source": "world"})
+    return {"id": item.image_id, "image": item.image, "width": item.scene.width,
+            "height": item.scene.height, "regions": regions}
+
+
+def rec_answer(obj: VisibleObject, width: int, height: int) -> str:
+    """The box string LLaVA-1.5 is trained to answer, e.g. "[0.12, 0.30, 0.50, 0.90]"."""
+    return format_box(box_to_padded_normalized(obj.bbox_xyxy, width, height, box_format="xyxy"))
+
+
+def _with_image(prompt: str, rng: np.random.Generator) -> str:
+    return f"{DEFAULT_IMAGE_TOKEN}\n{prompt}" if rng.random() < 0.5 else f"{prompt}\n{DEFAULT_IMAGE_TOKEN}"
+
+
+def _conversation(item: RenderedImage, kind: str, turns: list[tuple[str, str]]) -> dict[str, Any]:
+    conversations = []
+    for number, (question, answer) in enumerate(turns):
+        human = _with_image(question, item.rng) if number == 0 else question
+        conversations += [{"from": "human", "value": human}, {"from": "gpt", "value": answer}]
+    return {"id": f"{item.image_id}-{kind}", "image": item.image, "conversations": conversations}
+
+
+@dataclass
+class _SplitWriter:
+    """Accumulates the records of one split, drawing each image's text from its own generator."""
+
+    spec: WorldSpec
+    split: str
+    pretrain: list[dict] = field(default_factory=list)
+    instruct: list[dict] = field(default_factory=list)
+    pad: list[dict] = field(default_factory=list)
+    scenes: list[dict] = field(default_factory=list)
+    rec_regions: list[ReferringRegion] = field(default_factory=list)
+    vqa_questions: list[dict] = field(default_factory=list)
+    vqa_answers: list[dict] = field(default_factory=list)
+    caption_questions: list[dict] = field(default_factory=list)
+    caption_references: dict[str, list[str]] = field(default_factory=dict)
+    counts: Counter = field(default_factory=Counter)
+
+    def add(self, item: RenderedImage) -> None:
+        spec, rng, objects = self.spec, item.rng, item.objects
+        width, height = item.scene.width, item.scene.height
+        captions = caption_variants(objects, rng, spec.caption_references)
+        prompt = PRETRAIN_PROMPTS[int(rng.integers(len(PRETRAIN_PROMPTS)))]
+        self.pretrain.append({"id": item.image_id, "image": item.image, "conversations": [
+            {"from": "human", "value": _with_image(prompt, rng)}, {"from": "gpt", "value": captions[0]}]})
+        self.pad.append(pad_record(item))
+        self.scenes.append({"id": item.image_id, "image": item.image, "width": width, "height": height,
+                            "background": asdict(item.scene.background),
+                            "objects": [{**asdict(o), **asdict(d)}
+                                        for o, d in zip(objects, item.scene.objects, strict=True)]})
+        rec_order = [objects[int(i)] for i in rng.permutation(len(objects))]
+        candidates = vqa_candidates(objects, spec.scene.colours, spec.scene.shapes, rng)
+        picked = sorted(rng.choice(len(candidates), size=min(spec.vqa_per_image, len(candidates)),
+                                   replace=False).tolist())
+        vqa = [candidates[i] for i in picked]
+        self.instruct += [
+            _conversation(item, "caption", [(CAPTION_PROMPT, captions[0])]),
+            _conversation(item, "rec", [(REC_PROMPT.format(expression=referring_expression(o)),
+                                         rec_answer(o, width, height)) for o in rec_order]),
+            _conversation(item, "vqa", [(f"{q}\n{VQA_SUFFIX}", a) for _, q, a in vqa]),
+        ]
+        for obj in rec_order:
+            number = len(self.rec_regions)
+            self.rec_regions.append(ReferringRegion(
+                ref_id=number, image=item.image, width=width, height=height,
+                bbox_xyxy=tuple(float(v) for v in obj.bbox_xyxy), split=self.split,
+                expressions=((number, referring_expression(obj)),)))
+        for kind, question, answer in vqa:
+            number = len(self.vqa_questions)
+            self.vqa_questions.append({"question_id": number, "image": item.image,
+                                       "text": f"{question}\n{VQA_SUFFIX}", "category": kind})
+            self.vqa_answers.append({"question_id": number, "answer": answer, "category": kind})
+            self.counts[f"vqa_{kind}"] += 1
+        self.caption_questions.append({"question_id": item.image_id, "image": item.image,
+                                       "text": CAPTION_PROMPT, "category": "caption"})
+        self.caption_references[item.image_id] = captions
+        self.counts["images"] += 1
+        self.counts["objects"] += len(objects)
+        self.counts["caption_references"] += len(captions)
+        for obj in objects:
+            self.counts[f"shape_{obj.shape}"] += 1
+            self.counts[f"colour_{obj.colour}"] += 1
+            self.counts[f"size_{obj.size}"] += 1
+        self.counts[f"objects_per_image_{len(objects)}"] += 1
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=1) + "\n")
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def load_manifest(world_dir: str | Path) -> dict[str, Any]:
+    """The `world.json` of a world folder; raises FileNotFoundError naming the folder."""
+    path = Path(world_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{world_dir} is not a world folder: {MANIFEST_NAME} is missing "
+                                "(make one with `patch-align world make --out DIR`)")
+    return json.loads(path.read_text())
+
+
+def make_world(out_dir: str | Path, spec: WorldSpec, *, reuse: bool = True) -> dict[str, Any]:
+    """Generate the world described by `spec` into `out_dir` and return its manifest.
+
+    With `reuse`, a folder whose manifest already has this spec and `GENERATOR_VERSION` is left
+    as it is. The manifest is written last, so an interrupted run is redone, not reused.
+    """
+    spec.check()
+    out_dir = Path(out_dir)
+    manifest_path = out_dir / MANIFEST_NAME
+    if reuse and manifest_path.is_file():
+        existing = json.loads(manifest_path.read_text())
+        same_version = existing.get("generator_version") == GENERATOR_VERSION
+        if same_version and existing.get("spec") == spec_to_json(spec):
+            return existing
+    manifest_path.unlink(missing_ok=True)
+    writers = {}
+    for split, count in (("train", spec.n_train), ("eval", spec.n_eval)):
+        writer = _SplitWriter(spec, split)
+        (out_dir / WORLD_FILES["image_folder"] / split).mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            item = render_world_image(spec, split, index)
+            Image.fromarray(item.pixels).save(out_dir / WORLD_FILES["image_folder"] / item.image)
+            writer.add(item)
+        writers[split] = writer
+    train, held_out = writers["train"], writers["eval"]
+    _write_json(out_dir / WORLD_FILES["pretrain"], train.pretrain)
+    _write_json(out_dir / WORLD_FILES["instruct"], train.instruct)
+    _write_json(out_dir / WORLD_FILES["pretrain_eval"], held_out.pretrain)
+    _write_json(out_dir / WORLD_FILES["instruct_eval"], held_out.instruct)
+    for split, writer in writers.items():
+        _write_jsonl(out_dir / WORLD_FILES[f"pad_{split}"], [{"pad_version": 1}, *writer.pad])
+        _write_jsonl(out_dir / WORLD_FILES[f"scenes_{split}"], writer.scenes)
+    _write_jsonl(out_dir / WORLD_FILES["rec_questions"], build_rec_questions(held_out.rec_regions))
+    _write_jsonl(out_dir / WORLD_FILES["vqa_questions"], held_out.vqa_questions)
+    _write_jsonl(out_dir / WORLD_FILES["vqa_answers"], held_out.vqa_answers)
+    _write_jsonl(out_dir / WORLD_FILES["caption_questions"], held_out.caption_questions)
+    _write_json(out_dir / WORLD_FILES["caption_references"], held_out.caption_references)
+    manifest = {
+        "generator_version": GENERATOR_VERSION,
+        "spec": spec_to_json(spec),
+        "files": WORLD_FILES,
+        "conventions": {
+            "image_ids": "'<split>-<index:06d>', image path '<split>/<id>.png' under the image folder",
+            "rec_box": "[x1, y1, x2, y2] as fractions of the padded square (llava.eval.rec), 2 decimals; "
+                       "ground truth 'bbox' in eval/rec.jsonl is xyxy pixels of the visible object",
+            "vqa_metric": "exact (one answer per question; score with llava.eval.eval_vqa --metric exact)",
+            "pad_labels": "'<colour> <shape>', one region per visible object, mask after occlusion",
+            "instruct_ids": "'<image id>-caption', '-rec', '-vqa'; pretrain ids are the image ids, "
+                            "so PAD joins them",
+        },
+        "counts": {split: dict(sorted(w.counts.items())) | {
+            "pretrain_samples": len(w.pretrain), "instruct_samples": len(w.instruct),
+            "pad_regions": sum(len(r["regions"]) for r in w.pad), "rec_questions": len(w.rec_regions),
+            "vqa_questions": len(w.vqa_questions)} for split, w in writers.items()},
+    }
+    _write_json(manifest_path, manifest)
+    return manifest
