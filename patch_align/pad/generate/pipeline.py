@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 # Settings whose change would make a resumed shard disagree with its first part.
 RESUME_KEYS = (
+    "batch_size",
     "data",
     "image_folder",
     "world_size",
@@ -236,9 +237,14 @@ def run_generation(
     mine = [items[i] for i in shard_indices(len(items), rank, world_size)]
     todo = [item for item in mine if item.id not in writer.done]
     counts.assigned, counts.skipped_done = len(mine), len(mine) - len(todo)
+    # Batches are fixed chunks of this rank's images, so an image meets the same batch
+    # companions (and the same padding) in a resumed run; a half-written batch is recomputed
+    # whole and only its missing records are written.
+    chunks = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+    rerun = [item for chunk in chunks if any(x.id not in writer.done for x in chunk) for item in chunk]
     write_manifest(manifest_path, settings, counts, writer.records_before, writer.failed_before)
     loader = DataLoader(
-        ImageDataset(todo, image_folder),
+        ImageDataset(rerun, image_folder),
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=Collate(
@@ -279,10 +285,15 @@ def run_generation(
                             settings["source"],
                             min_mask_area,
                         )
-                        counts.boxes_without_mask += dropped
-                        counts.regions += len(record["regions"])
-                        records.append(record)
-                failures = [{"id": x.item.id, "image": x.item.image, "reason": x.error} for x in batch.failed]
+                        if x.item.id not in writer.done:
+                            counts.boxes_without_mask += dropped
+                            counts.regions += len(record["regions"])
+                            records.append(record)
+                failures = [
+                    {"id": x.item.id, "image": x.item.image, "reason": x.error}
+                    for x in batch.failed
+                    if x.item.id not in writer.done
+                ]
                 writer.write(records, failures)
                 records_written += len(records)
                 failed_written += len(failures)
