@@ -17,6 +17,7 @@ world is a function of the spec, and changing `n_train` leaves the eval images u
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -248,7 +249,8 @@ def make_world(out_dir: str | Path, spec: WorldSpec, *, reuse: bool = True) -> d
     """Generate the world described by `spec` into `out_dir` and return its manifest.
 
     With `reuse`, a folder whose manifest already has this spec and `GENERATOR_VERSION` is left
-    as it is. The manifest is written last, so an interrupted run is redone, not reused.
+    as it is; otherwise its image folder is emptied and every file rewritten. The manifest is
+    written last, so an interrupted run is redone, not reused.
     """
     spec.check()
     out_dir = Path(out_dir)
@@ -259,6 +261,8 @@ def make_world(out_dir: str | Path, spec: WorldSpec, *, reuse: bool = True) -> d
         if same_version and existing.get("spec") == spec_to_json(spec):
             return existing
     manifest_path.unlink(missing_ok=True)
+    # images of an earlier, larger world would otherwise linger next to the new ones
+    shutil.rmtree(out_dir / WORLD_FILES["image_folder"], ignore_errors=True)
     writers = {}
     for split, count in (("train", spec.n_train), ("eval", spec.n_eval)):
         writer = _SplitWriter(spec, split)

@@ -1,0 +1,130 @@
+"""Bootstrap of the world's models: loadable transformers folders, measured quality, content-hash cache."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from patch_align.cli import main as cli_main
+from patch_align.world.bootstrap import (
+    QUICK_SETTINGS,
+    bootstrap_world,
+    cache_key,
+    render_vicuna,
+)
+from patch_align.world.generator import WorldSpec, load_manifest, make_world
+
+# Far smaller than the quick preset, so the default suite stays fast; quality is checked loosely here
+# and against chance with the real quick preset in the slow test.
+TINY_SETTINGS = replace(QUICK_SETTINGS, clip_hidden=32, clip_layers=2, clip_projection=32, clip_steps=30,
+                        clip_batch=32, llm_hidden=32, llm_intermediate=64, llm_steps=40, llm_batch=8,
+                        llm_seq_len=64)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("world")
+    make_world(out, WorldSpec(seed=1, n_train=40, n_eval=12))
+    return out
+
+
+@pytest.fixture(scope="module")
+def booted(world, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("boot")
+    return out, bootstrap_world(world, out, TINY_SETTINGS)
+
+
+def test_clip_folder_loads_as_llava_vision_tower_and_full_clip(booted):
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer, CLIPVisionModel
+
+    clip = str(booted[0] / "clip")
+    processor = CLIPImageProcessor.from_pretrained(clip)
+    assert processor.crop_size == {"height": 56, "width": 56}
+    tower = CLIPVisionModel.from_pretrained(clip)
+    pixels = torch.zeros(1, 3, 56, 56)
+    hidden = tower(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+    assert hidden.shape == (1, 1 + 4 * 4, 32)
+    model, tokenizer = CLIPModel.from_pretrained(clip), CLIPTokenizer.from_pretrained(clip)
+    text = tokenizer(["a small red circle above a large blue square"], return_tensors="pt")
+    assert tokenizer.unk_token_id not in text["input_ids"][0, 1:-1].tolist()
+    assert model.get_text_features(**text) is not None
+
+
+def test_llm_folder_loads_with_its_tokenizer_and_knows_the_chat_format(booted):
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    llm = str(booted[0] / "llm")
+    model, tokenizer = LlamaForCausalLM.from_pretrained(llm), AutoTokenizer.from_pretrained(llm)
+    assert model.config.vocab_size == len(tokenizer) and model.config.hidden_size == 32
+    ids = tokenizer("USER: What colour is the circle? ASSISTANT: red</s>")["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.unk_token_id not in ids
+
+
+def test_report_shows_both_models_learned(booted):
+    out, report = booted
+    assert report["cached"] is False
+    assert json.loads((out / "bootstrap.json").read_text())["cache_key"] == report["cache_key"]
+    clip, llm = report["clip"], report["llm"]
+    assert clip["eval_pairs"] == 12 and clip["train_pairs"] == 40
+    assert clip["final_loss"] < clip["first_loss"]
+    assert 0.0 <= clip["retrieval_chance"] <= clip["retrieval_top1"] + 1.0
+    assert llm["perplexity"] < llm["unigram_perplexity"] < llm["uniform_perplexity"] == llm["vocab_size"]
+    assert llm["perplexity"] < llm["perplexity_untrained"]
+    assert report["seconds"]["total"] >= report["seconds"]["clip"] > 0
+
+
+def test_a_second_run_is_a_cache_hit_and_touches_nothing(world, booted):
+    out, report = booted
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    start = time.perf_counter()
+    again = bootstrap_world(world, out, TINY_SETTINGS)
+    assert time.perf_counter() - start < 1.0
+    assert again["cached"] is True and again["clip"] == report["clip"]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_the_cache_key_changes_with_settings_and_world(world):
+    manifest = load_manifest(world)
+    key = cache_key(manifest, TINY_SETTINGS)
+    assert key == cache_key(json.loads(json.dumps(manifest)), TINY_SETTINGS)
+    assert key != cache_key(manifest, TINY_SETTINGS.with_seed(1))
+    assert key != cache_key({**manifest, "spec": {**manifest["spec"], "seed": 2}}, TINY_SETTINGS)
+
+
+def test_bootstrap_is_deterministic(world, booted, tmp_path):
+    again = bootstrap_world(world, tmp_path, TINY_SETTINGS)
+    assert again["clip"] == booted[1]["clip"] and again["llm"] == booted[1]["llm"]
+    for name in ("clip/model.safetensors", "llm/model.safetensors", "llm/tokenizer.model"):
+        assert (tmp_path / name).read_bytes() == (booted[0] / name).read_bytes()
+
+
+def test_llm_text_is_the_vicuna_rendering_without_the_image_placeholder():
+    text = render_vicuna([{"from": "human", "value": "<image>\nWhat size is the red circle?"},
+                          {"from": "gpt", "value": "small"}])
+    assert text.endswith(" USER: What size is the red circle? ASSISTANT: small</s>")
+    assert text.startswith("A chat between a curious user") and "<image>" not in text
+
+
+def test_bootstrap_of_a_folder_that_is_no_world_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="world.json is missing"):
+        bootstrap_world(tmp_path, tmp_path / "out", TINY_SETTINGS)
+
+
+@pytest.mark.slow
+def test_quick_preset_learns_well_beyond_chance_within_its_budget(tmp_path, capsys):
+    world = tmp_path / "world"
+    make_world(world, WorldSpec(seed=0, n_train=400, n_eval=60))
+    start = time.perf_counter()
+    command = ["world", "bootstrap", "--world", str(world), "--out", str(tmp_path / "boot"), "--quick"]
+    assert cli_main(command) == 0
+    elapsed = time.perf_counter() - start
+    report = json.loads((tmp_path / "boot" / "bootstrap.json").read_text())
+    assert report["clip"]["retrieval_top1"] >= 2 * report["clip"]["retrieval_chance"]
+    assert report["llm"]["perplexity"] < 0.5 * report["llm"]["unigram_perplexity"]
+    assert elapsed < 90
+    assert json.loads(capsys.readouterr().out)["cached"] is False
