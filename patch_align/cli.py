@@ -16,6 +16,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "analyze": ("patch_align.analysis.cli", "measure compression and patch alignment of a projector"),
     "sea": ("patch_align.sea.cli", "SEA token labels: vocabulary and offline CLIP labelling"),
     "world": ("patch_align.world.cli", "the miniature world: generate it, bootstrap its models"),
+    "eval": ("patch_align.evaluation.cli", "evaluation suites: answer, score and compare checkpoints"),
 }
 
 

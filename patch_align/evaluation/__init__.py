@@ -1,0 +1,1 @@
+"""`patch-align eval`: evaluation suites over LLaVA checkpoints (suite file, answering, scoring, report)."""

@@ -1,0 +1,152 @@
+"""Read a task's questions and ground truth up front, and score its answers file with llava.eval's scorers.
+
+Everything that can be wrong with a task's files is found by `prepare_task`, before any model
+is loaded. Scores are exactly what the scorers return; `headline_metrics` picks the numbers
+shown in the results table (fractions, or CIDEr as pycocoevalcap reports it).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llava.eval.eval_vqa import ground_truth_for, load_answer_texts, read_records
+from llava.eval.model_vqa_loader import read_questions
+from llava.eval.rec import score_rec
+from llava.eval.vqa_metrics import score_answers
+from patch_align.evaluation.suite import SuiteError, TaskSpec
+
+logger = logging.getLogger(__name__)
+
+# task type -> llava.eval.vqa_metrics metric name
+VQA_METRIC_OF_TYPE = {"vqa": "vqa", "gqa": "exact", "mc": "option"}
+# task type -> name of its one accuracy in the table
+ACCURACY_NAME = {"vqa": "vqa_acc", "gqa": "exact_match", "mc": "option_acc"}
+REC_IOU_THRESHOLD = 0.5
+REC_FIELDS = ("split", "bbox", "width", "height")
+CAPTION_METRICS = ("CIDEr", "Bleu_4", "METEOR", "ROUGE_L")
+
+
+@dataclass(frozen=True)
+class PreparedTask:
+    """A task's questions (split-filtered, limited) and its ground truth restricted to them.
+
+    `truth`: question id (str) → human answers / answer / option (vqa, gqa, mc) or reference
+    captions (caption); None for rec, whose ground truth is in the question records.
+    """
+
+    spec: TaskSpec
+    questions: list[dict[str, Any]]
+    truth: dict[str, Any] | None
+
+
+def _select_questions(spec: TaskSpec, limit: int | None) -> list[dict[str, Any]]:
+    questions = read_questions(spec.question_file)
+    if spec.splits is not None:
+        for question in questions:
+            if "split" not in question:
+                raise SuiteError(f"task {spec.name!r}: {spec.question_file}: question "
+                                 f"{question['question_id']!r} has no 'split' but the task selects splits")
+        questions = [q for q in questions if q["split"] in spec.splits]
+    if limit is not None:
+        questions = questions[:limit]
+    if not questions:
+        chosen = f" of splits {list(spec.splits)}" if spec.splits else ""
+        raise SuiteError(f"task {spec.name!r}: {spec.question_file} has no questions{chosen}")
+    return questions
+
+
+def _check_rec_questions(spec: TaskSpec, questions: list[dict[str, Any]]) -> None:
+    for question in questions:
+        lacking = [key for key in REC_FIELDS if key not in question]
+        if lacking:
+            raise SuiteError(f"task {spec.name!r}: {spec.question_file}: REC question "
+                             f"{question['question_id']!r} lacks {lacking} "
+                             "(make REC questions with llava.eval.convert_refcoco)")
+
+
+def _load_caption_references(path: Path) -> dict[str, list[str]]:
+    with path.open() as f:
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object mapping question id to reference captions")
+    return {str(key): refs for key, refs in data.items()}
+
+
+def _load_truth(spec: TaskSpec) -> dict[str, Any]:
+    if spec.type == "caption":
+        return _load_caption_references(spec.annotation_file)
+    metric = VQA_METRIC_OF_TYPE[spec.type]
+    return ground_truth_for(read_records(spec.annotation_file), metric, str(spec.annotation_file))
+
+
+def prepare_task(spec: TaskSpec, limit: int | None = None) -> PreparedTask:
+    """Read and check a task's files; `limit` keeps its first N questions. Errors are `SuiteError`s."""
+    try:
+        questions = _select_questions(spec, limit)
+        if spec.type == "rec":
+            _check_rec_questions(spec, questions)
+            return PreparedTask(spec, questions, None)
+        truth = _load_truth(spec)
+    except SuiteError:
+        raise
+    except (ValueError, TypeError, KeyError, OSError) as error:
+        raise SuiteError(f"task {spec.name!r}: {error}") from error
+    asked = [str(q["question_id"]) for q in questions]
+    without_truth = [qid for qid in asked if qid not in truth]
+    if without_truth:
+        raise SuiteError(f"task {spec.name!r}: {spec.annotation_file} has no ground truth for "
+                         f"{len(without_truth)} question(s) of {spec.question_file}, "
+                         f"e.g. question_id {without_truth[0]!r}")
+    return PreparedTask(spec, questions, {qid: truth[qid] for qid in asked})
+
+
+def _answers_to_asked(task: PreparedTask, answers_file: Path) -> dict[str, str]:
+    """Answers of the asked questions; answers to others (a former run without --limit) are left out."""
+    answers = load_answer_texts(answers_file)
+    asked = {str(q["question_id"]) for q in task.questions}
+    extra = len(set(answers) - asked)
+    if extra:
+        logger.info("task %s: %d answers in %s are for questions not asked this run; not scored",
+                    task.spec.name, extra, answers_file)
+    return {qid: text for qid, text in answers.items() if qid in asked}
+
+
+def score_task(task: PreparedTask, answers_file: str | Path) -> dict[str, Any]:
+    """The full scorer output for the task's questions answered in `answers_file`."""
+    answers = _answers_to_asked(task, Path(answers_file))
+    if task.spec.type == "rec":
+        return score_rec(task.questions, answers, REC_IOU_THRESHOLD)
+    if task.spec.type == "caption":
+        # Imported here: pycocoevalcap is an optional extra, needed only by caption tasks.
+        from llava.eval.caption_metrics import score_captions
+
+        return score_captions(task.truth, answers)
+    return score_answers(task.truth, answers, VQA_METRIC_OF_TYPE[task.spec.type])
+
+
+def headline_metrics(task_type: str, scores: dict[str, Any]) -> dict[str, float]:
+    """Table numbers of one scored task, the first being the one charted.
+
+    rec: `acc@0.5` overall, then `acc@0.5 <split>` per split when there are several;
+    vqa/gqa/mc: their accuracy; caption: CIDEr, Bleu_4, METEOR (when Java ran it), ROUGE_L.
+    """
+    if task_type == "rec":
+        name = f"acc@{REC_IOU_THRESHOLD:g}"
+        metrics = {name: scores["overall"]["accuracy"]}
+        if len(scores["splits"]) > 1:
+            for split, tally in scores["splits"].items():
+                metrics[f"{name} {split}"] = tally["accuracy"]
+        return metrics
+    if task_type == "caption":
+        return {key: scores[key] for key in CAPTION_METRICS if key in scores}
+    return {ACCURACY_NAME[task_type]: scores["accuracy"]}
+
+
+def failure_count(task_type: str, scores: dict[str, Any]) -> int:
+    """Answers that could not be read as an answer (REC boxes, option letters); 0 for other types."""
+    if task_type == "rec":
+        return len(scores["parse_failures"])
+    return len(scores.get("unparsed", []))
