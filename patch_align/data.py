@@ -1,6 +1,6 @@
-"""The PAD-aware training data: LLaVA samples plus their regions' patch masks and label ids.
+"""The plugin's training data: LLaVA samples plus their PAD regions and/or their SEA patch labels.
 
-`PadAlignedDataset[i]` is `LazySupervisedDataset[i]` plus
+`PadAlignedDataset[i]` is `LazySupervisedDataset[i]` plus, when a PAD index is given (patch-cosine),
 - `region_masks` (R, N) bool: the vision tokens each region owns (N = grid patches, + 1 with
   `cls_patch`, whose CLS token no region owns),
 - `region_label_ids`: R lists of token ids (see `objectives.label_embedding.tokenize_label`),
@@ -11,8 +11,16 @@ Masks are decoded and pooled here, i.e. in the dataloader workers, off the train
 process's critical path. The counters travel with the batch so the trainer can log them
 whatever process decoded the masks.
 
+With SEA labels (`SeaLabels`), each item also carries `sea_word_ids` (N_grid, n) long (−1 = no
+word) and `sea_scores` (N_grid, n) float32: the sample's labels on the training patch grid
+(row-major patches only; with `cls_patch` the CLS token has no label and the trainer shifts by 1).
+Text-only samples carry all −1 / 0. The labels must have been made with the training geometry:
+the same grid and `--image_aspect_ratio` (checked when the dataset is built), and every image
+sample must have labels (checked up front, naming the missing ids).
+
 `PadAlignedCollator` batches the regions ragged: `region_masks` (ΣR, N), `region_sample_index`
-(ΣR,), `region_label_ids` (ΣR, L_max) padded with 0 and `region_label_mask` (ΣR, L_max).
+(ΣR,), `region_label_ids` (ΣR, L_max) padded with 0 and `region_label_mask` (ΣR, L_max); and
+stacks the SEA labels to `sea_word_ids` / `sea_scores` (B, N_grid, n).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from patch_align.geometry import (
 )
 from patch_align.objectives.label_embedding import tokenize_label
 from patch_align.pad import MaskDecodeError, PadFormatError, PadRecord, decode_region_mask, find_pad_record
+from patch_align.sea.store import SeaLabels
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +53,10 @@ REGION_COUNTERS = ("pad_regions_skipped", "pad_regions_outside", "pad_regions_fa
 
 class PadRecordError(ValueError):
     """A PAD record (or one of its regions) that cannot be used for training; names the id."""
+
+
+class SeaLabelError(ValueError):
+    """SEA labels that do not fit the training run (geometry, missing samples); names the folder."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +97,8 @@ class RegionTargets:
 
 
 class PadAlignedDataset(LazySupervisedDataset):
-    """LLaVA's lazy dataset whose items also carry the regions of the sample's PAD record.
+    """LLaVA's lazy dataset whose items also carry the regions of the sample's PAD record
+    (`pad_index` given) and its SEA patch labels (`sea_labels` given).
 
     Samples without a PAD record, without regions, or without an image yield R = 0 and
     train on the caption loss alone. With `on_error="error"` a bad record (image joined
@@ -98,13 +112,16 @@ class PadAlignedDataset(LazySupervisedDataset):
         data_path: str,
         tokenizer,
         data_args,
-        pad_index: dict[str, PadRecord],
+        pad_index: dict[str, PadRecord] | None,
         grid: PatchGrid,
         threshold: float,
         fallback: str = "argmax",
         on_error: str = "error",
+        sea_labels: SeaLabels | None = None,
     ):
         super().__init__(data_path, tokenizer, data_args)
+        if pad_index is None and sea_labels is None:
+            raise ValueError("PadAlignedDataset needs a PAD index, SEA labels, or both")
         if on_error not in PAD_ON_ERROR:
             raise ValueError(f"--pad_on_error must be one of {PAD_ON_ERROR}, got {on_error!r}")
         coverage_to_patch_mask(np.zeros((1, 1)), threshold, fallback)  # validates τ and fallback up front
@@ -115,6 +132,11 @@ class PadAlignedDataset(LazySupervisedDataset):
         self.on_error = on_error
         self._label_ids: dict[str, list[int]] = {}
         self.skipped_regions = 0  # in this process (each dataloader worker counts its own)
+        self.sea_labels = sea_labels
+        if sea_labels is not None:
+            self._check_sea_labels(sea_labels)
+        if pad_index is None:
+            return
         sample_ids = {self.sample_id(i) for i in range(len(self))}
         unmatched = sum(1 for pad_id in pad_index if pad_id not in sample_ids)
         matched = len(pad_index) - unmatched
@@ -125,9 +147,49 @@ class PadAlignedDataset(LazySupervisedDataset):
             unmatched,
         )
 
+    def _check_sea_labels(self, labels: SeaLabels) -> None:
+        where = f"--sea_labels {labels.out_dir}"
+        if labels.grid != self.grid.grid_shape:
+            raise SeaLabelError(
+                f"{where} has a {labels.grid} patch grid, the vision tower {self.grid.grid_shape}: "
+                "label with the training CLIP's image size and patch size"
+            )
+        geometry = labels.settings.get("image_aspect_ratio")
+        if geometry != self.grid.aspect_mode:
+            raise SeaLabelError(
+                f"{where} was labelled with --image-aspect-ratio {geometry}, training uses "
+                f"--image_aspect_ratio {self.grid.aspect_mode}: patch (row, col) would not match"
+            )
+        missing = [
+            self.sample_id(i)
+            for i, sample in enumerate(self.list_data_dict)
+            if "image" in sample and self.sample_id(i) not in labels
+        ]
+        if missing:
+            raise SeaLabelError(
+                f"{where} has no labels for {len(missing)} image sample(s) of {self.data_args.data_path}, "
+                f"e.g. {missing[:5]}; reasons recorded by the labelling run: "
+                f"{[labels.skipped.get(m, 'not in the labelled data file') for m in missing[:5]]}"
+            )
+        logger.info("SEA: labels for %d samples from %s", len(labels), labels.out_dir)
+
+    def sea_targets(self, sample: dict, sample_id: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(`sea_word_ids` (N_grid, n) long, `sea_scores` (N_grid, n) float32); all −1 / 0 without image."""
+        if "image" in sample:
+            word_ids, scores = self.sea_labels.labels(sample_id)
+            return word_ids.long(), scores.float()
+        settings = self.sea_labels.settings
+        rows, cols = self.sea_labels.grid
+        shape = (rows * cols, min(settings["top_n"], settings["vocab_size"]))
+        return torch.full(shape, -1, dtype=torch.long), torch.zeros(shape, dtype=torch.float32)
+
     def get_item(self, i: int) -> dict[str, Any]:
         item = super().get_item(i)
         sample = self.list_data_dict[i]
+        if self.sea_labels is not None:
+            item["sea_word_ids"], item["sea_scores"] = self.sea_targets(sample, self.sample_id(i))
+        if self.pad_index is None:
+            return item
         targets = self.region_targets(sample, self.sample_id(i))
         item["region_masks"] = targets.masks
         item["region_label_ids"] = targets.label_ids
@@ -224,12 +286,22 @@ class PadAlignedDataset(LazySupervisedDataset):
 
 @dataclass
 class PadAlignedCollator:
-    """LLaVA's collator plus the ragged region tensors (see the module docstring) and summed counters."""
+    """LLaVA's collator plus the ragged region tensors and summed counters, and the stacked SEA labels
+    (see the module docstring); each part only when the items carry it."""
 
     base: DataCollatorForSupervisedDataset
 
     def __call__(self, instances: list[dict]) -> dict[str, torch.Tensor]:
         batch = self.base(instances)
+        if "sea_word_ids" in instances[0]:
+            batch["sea_word_ids"] = torch.stack([inst["sea_word_ids"] for inst in instances])
+            batch["sea_scores"] = torch.stack([inst["sea_scores"] for inst in instances])
+        if "region_masks" in instances[0]:
+            self._add_regions(batch, instances)
+        return batch
+
+    @staticmethod
+    def _add_regions(batch: dict[str, torch.Tensor], instances: list[dict]) -> None:
         masks = [inst["region_masks"] for inst in instances]
         labels = [ids for inst in instances for ids in inst["region_label_ids"]]
         longest = max((len(ids) for ids in labels), default=0)
@@ -246,4 +318,3 @@ class PadAlignedCollator:
         batch["region_label_mask"] = label_mask
         for counter in REGION_COUNTERS:
             batch[counter] = torch.tensor(sum(inst[counter] for inst in instances), dtype=torch.long)
-        return batch

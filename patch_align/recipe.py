@@ -1,4 +1,7 @@
-"""The patch-align `TrainRecipe`: its flags, PAD-aware data, trainer and config entries.
+"""The patch-align `TrainRecipe`: its flags, PAD-aware and/or SEA-labelled data, trainer and config entries.
+
+`--align_objective` picks the auxiliary loss: `patch_cosine` (PAD regions, docs/patch_align.md),
+`sea` (offline CLIP token labels, docs/sea.md) or `both`.
 
 `llava.train.train.train(PatchAlignRecipe())` runs LLaVA's loop unchanged, with the
 dataset, collator and trainer swapped for the plugin's; nothing is monkey-patched.
@@ -13,17 +16,26 @@ from llava.train.data import DataCollatorForSupervisedDataset
 from llava.train.llava_trainer import unwrap_peft
 from llava.train.recipe import TrainContext, TrainRecipe
 from patch_align.data import PAD_ON_ERROR, PadAlignedCollator, PadAlignedDataset, PatchGrid
-from patch_align.geometry import DEFAULT_PATCH_MASK_THRESHOLD
+from patch_align.geometry import DEFAULT_PATCH_MASK_THRESHOLD, vision_token_offset
 from patch_align.objectives.patch_cosine import PATCH_POOLINGS
+from patch_align.objectives.sea import SeaLossConfig
 from patch_align.pad import load_pad_index
-from patch_align.schedules import BETA_SCHEDULES, BetaSchedule
+from patch_align.schedules import BETA_SCHEDULES, LAMBDA_SCHEDULES, BetaSchedule, LambdaSchedule
+from patch_align.sea.loss import INITIAL_TEMPERATURE, SeaTemperature
+from patch_align.sea.store import SeaLabels
+from patch_align.sea.targets import VocabularyTargets
 from patch_align.trainer import PatchAlignTrainer, PatchLossConfig
+
+ALIGN_OBJECTIVES = ("patch_cosine", "sea", "both")
 
 
 @dataclass
 class PatchAlignArguments:
-    """The plugin's flags (see docs/patch_align.md)."""
+    """The plugin's flags (see docs/patch_align.md and docs/sea.md)."""
 
+    align_objective: str = field(
+        default="patch_cosine", metadata={"help": f"auxiliary loss: one of {ALIGN_OBJECTIVES}"}
+    )
     pad_path: str | None = field(default=None, metadata={"help": "PAD file (JSON or JSONL) for --data_path"})
     patch_loss_weight: float = field(default=5.0, metadata={"help": "beta_max, the final weight of L_patch"})
     patch_beta_schedule: str = field(default="linear", metadata={"help": f"one of {BETA_SCHEDULES}"})
@@ -40,10 +52,39 @@ class PatchAlignArguments:
     )
     patch_pooling: str = field(default="mean", metadata={"help": f"one of {PATCH_POOLINGS}"})
     pad_on_error: str = field(default="error", metadata={"help": f"bad PAD records: one of {PAD_ON_ERROR}"})
+    sea_labels: str | None = field(
+        default=None, metadata={"help": "SEA label folder from `patch-align sea label` (sea, both)"}
+    )
+    sea_loss_weight: float = field(default=1.0, metadata={"help": "lambda_max, the final weight of L_sea"})
+    sea_lambda_schedule: str = field(default="constant", metadata={"help": f"one of {LAMBDA_SCHEDULES}"})
+    sea_lambda_warmup_steps: int = field(
+        default=0, metadata={"help": "optimizer steps with lambda = 0 before the schedule starts"}
+    )
+    sea_window: int = field(default=2, metadata={"help": "k: keep one labelled patch per k x k window"})
+    sea_temperature: float = field(
+        default=INITIAL_TEMPERATURE, metadata={"help": "initial (or, if not learnable, fixed) InfoNCE tau"}
+    )
+    sea_learnable_temperature: bool = field(
+        default=True, metadata={"help": "learn log tau with the projector (False: keep tau fixed)"}
+    )
+
+    @property
+    def uses_patch_cosine(self) -> bool:
+        return self.align_objective in ("patch_cosine", "both")
+
+    @property
+    def uses_sea(self) -> bool:
+        return self.align_objective in ("sea", "both")
 
     def __post_init__(self) -> None:
-        if not self.pad_path:
-            raise ValueError("--pad_path is required for patch-aligned training")
+        if self.align_objective not in ALIGN_OBJECTIVES:
+            raise ValueError(
+                f"--align_objective must be one of {ALIGN_OBJECTIVES}, got {self.align_objective!r}"
+            )
+        if self.uses_patch_cosine and not self.pad_path:
+            raise ValueError(f"--pad_path is required for --align_objective {self.align_objective}")
+        if self.uses_sea and not self.sea_labels:
+            raise ValueError(f"--sea_labels is required for --align_objective {self.align_objective}")
         if self.pad_on_error not in PAD_ON_ERROR:
             raise ValueError(f"--pad_on_error must be one of {PAD_ON_ERROR}, got {self.pad_on_error!r}")
         if self.patch_mask_fallback not in ("argmax", "none"):
@@ -52,14 +93,21 @@ class PatchAlignArguments:
             )
         if not 0.0 < self.patch_mask_threshold <= 1.0:
             raise ValueError(f"--patch_mask_threshold must be in (0, 1], got {self.patch_mask_threshold}")
-        # validates the schedule flags and the pooling at parse time, not hours later
+        # validates the schedule flags, the pooling and the SEA numbers at parse time, not hours later
         self.loss_config()
+        self.lambda_schedule()
+        if self.sea_window < 1:
+            raise ValueError(f"--sea_window must be >= 1, got {self.sea_window}")
+        SeaTemperature(self.sea_temperature, self.sea_learnable_temperature)
 
     def loss_config(self) -> PatchLossConfig:
         schedule = BetaSchedule(
             self.patch_beta_schedule, self.patch_loss_weight, self.patch_beta_warmup_steps
         )
         return PatchLossConfig(schedule=schedule, pooling=self.patch_pooling)
+
+    def lambda_schedule(self) -> LambdaSchedule:
+        return LambdaSchedule(self.sea_lambda_schedule, self.sea_loss_weight, self.sea_lambda_warmup_steps)
 
 
 def _plugin_args(ctx: TrainContext) -> PatchAlignArguments:
@@ -70,9 +118,25 @@ def _plugin_args(ctx: TrainContext) -> PatchAlignArguments:
 class PatchAlignRecipe(TrainRecipe):
     extra_arguments: tuple[type, ...] = (PatchAlignArguments,)
     trainer_class: type = PatchAlignTrainer
+    # label folders opened by this recipe (dataset, trainer and config share one index read)
+    _opened_sea_labels: dict[str, SeaLabels] = field(default_factory=dict, repr=False)
+
+    def sea_labels(self, ctx: TrainContext) -> SeaLabels | None:
+        """The run's SEA labels (`--sea_labels`), or None when SEA is off."""
+        args = _plugin_args(ctx)
+        if not args.uses_sea:
+            return None
+        if args.sea_labels not in self._opened_sea_labels:
+            self._opened_sea_labels[args.sea_labels] = SeaLabels(args.sea_labels)
+        return self._opened_sea_labels[args.sea_labels]
 
     def make_dataset(self, ctx: TrainContext) -> PadAlignedDataset:
         args = _plugin_args(ctx)
+        if args.uses_sea and not ctx.training_args.tune_mm_mlp_adapter:
+            raise ValueError(
+                "SEA is a stage-1 objective: --align_objective sea/both needs --tune_mm_mlp_adapter True "
+                "(only then is its temperature saved beside mm_projector.bin)"
+            )
         tower = unwrap_peft(ctx.model).get_vision_tower()
         if tower is None:
             raise ValueError("patch-aligned training needs --vision_tower")
@@ -91,22 +155,40 @@ class PatchAlignRecipe(TrainRecipe):
             ctx.data_args.data_path,
             ctx.tokenizer,
             ctx.data_args,
-            load_pad_index(args.pad_path),
+            load_pad_index(args.pad_path) if args.uses_patch_cosine else None,
             grid,
             threshold=args.patch_mask_threshold,
             fallback=args.patch_mask_fallback,
             on_error=args.pad_on_error,
+            sea_labels=self.sea_labels(ctx),
         )
 
     def make_collator(self, ctx: TrainContext) -> PadAlignedCollator:
         return PadAlignedCollator(DataCollatorForSupervisedDataset(tokenizer=ctx.tokenizer))
 
     def trainer_kwargs(self, ctx: TrainContext) -> dict[str, Any]:
-        return {"patch_loss": _plugin_args(ctx).loss_config()}
+        args = _plugin_args(ctx)
+        kwargs: dict[str, Any] = {"patch_loss": args.loss_config() if args.uses_patch_cosine else None}
+        if args.uses_sea:
+            labels = self.sea_labels(ctx)
+            kwargs["sea_loss"] = SeaLossConfig(
+                schedule=args.lambda_schedule(),
+                targets=VocabularyTargets(ctx.tokenizer, labels.words),
+                grid=labels.grid,
+                window=args.sea_window,
+                temperature=args.sea_temperature,
+                learnable_temperature=args.sea_learnable_temperature,
+                token_offset=vision_token_offset(ctx.model_args.mm_vision_select_feature),
+            )
+        return kwargs
 
     def config_entries(self, ctx: TrainContext) -> dict[str, Any]:
-        """The plugin's settings under `patch_align_*` keys of the saved config.json."""
+        """The plugin's settings under `patch_align_*` keys of the saved config.json (SEA's as
+        `patch_align_sea_*`, the objective as `patch_align_objective`)."""
         args = asdict(_plugin_args(ctx))
         entries = {f"patch_align_{key.removeprefix('patch_')}": value for key, value in args.items()}
+        entries["patch_align_objective"] = entries.pop("patch_align_align_objective")
         entries["patch_align_label_tokenization"] = "word_in_running_text_no_special_tokens"
+        if _plugin_args(ctx).uses_sea:
+            entries["patch_align_sea_label_settings"] = self.sea_labels(ctx).settings
         return entries

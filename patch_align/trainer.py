@@ -1,5 +1,6 @@
-"""`PatchAlignTrainer`: LLaVA's trainer with L = L_caption + β · L_patch, each part logged.
+"""`PatchAlignTrainer`: LLaVA's trainer with L = L_caption + β · L_patch + λ · L_sea, each part logged.
 
+`--align_objective` picks the terms: `patch_cosine` (β · L_patch), `sea` (λ · L_sea) or `both`.
 One forward: the model returns its caption loss and the projector output of that same
 forward (`return_image_features=True`); no second vision pass.
 
@@ -12,14 +13,29 @@ samples and 4 micro-batches of 1 sample give the same β · L_patch and the same
 Under data parallelism R_step is summed over processes and the contribution multiplied by
 the process count, since DDP/DeepSpeed average gradients over processes.
 
-Logged at every logging step (into `state.log_history` and every reporter): `loss_caption`
-and `loss_patch` (mean per optimizer step over the logging window), `patch_beta` (β of the
-last step), `patch_cosine` (mean region cosine), `patch_regions` (regions per optimizer
-step), and running totals of the dataset's region counters (`pad_regions_*`).
+L_sea likewise: the SEA pairs of every micro-batch are sampled in `get_batch_samples` (one
+generator per step seeded from `--seed`, the step and the process, so a resumed run draws the
+same pairs); each micro-batch's InfoNCE uses its own pairs as negatives and contributes
+P_micro · InfoNCE / P_step, so the step's L_sea is the pair-weighted mean of its micro-batches'
+InfoNCE. (Unlike L_patch, InfoNCE depends on which pairs share a micro-batch, so 1 × 4 and 4 × 1
+give different, equally valid, values.) A micro-batch without pairs contributes an exact 0.
+
+The SEA temperature is a module attached to the LLaVA model as `sea_temperature`, so the
+optimizer, DDP and DeepSpeed treat it like any trainable parameter (no weight decay); stage-1
+saves write it next to `mm_projector.bin` as `sea_temperature.bin`, and resuming loads it back.
+
+Logged at every logging step (into `state.log_history` and every reporter): `loss_caption`;
+with patch-cosine `loss_patch` (mean per optimizer step over the logging window), `patch_beta`
+(β of the last step), `patch_cosine` (mean region cosine), `patch_regions` (regions per optimizer
+step) and running totals of the dataset's region counters (`pad_regions_*`); with SEA `loss_sea`
+(mean per optimizer step), `sea_lambda` (λ of the last step), `sea_temperature` (τ now),
+`sea_pairs` (pairs per optimizer step) and `sea_accuracy` (patch→word top-1 over the window's pairs).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -28,17 +44,27 @@ from llava.train.llava_trainer import LLaVATrainer, unwrap_peft
 from patch_align.data import REGION_COUNTERS
 from patch_align.objectives.label_embedding import LabelEmbeddingCache
 from patch_align.objectives.patch_cosine import PATCH_POOLINGS, patch_cosine_loss
-from patch_align.schedules import BetaSchedule, PatchBetaCallback
+from patch_align.objectives.sea import (
+    SEA_LABEL_KEYS,
+    SEA_PAIR_KEYS,
+    SEA_TEMPERATURE_MODULE,
+    SeaLossConfig,
+    sample_batch_pairs,
+    sea_pair_loss,
+    step_generator,
+)
+from patch_align.schedules import BetaSchedule, LossWeightCallback
+from patch_align.sea.loss import SeaTemperature
+
+logger = logging.getLogger(__name__)
 
 REGION_KEYS = ("region_masks", "region_sample_index", "region_label_ids", "region_label_mask")
-# window accumulators, in this order: caption part, patch part (unweighted), Σ cos, regions, then
-# the dataset's counters; kept on the device so that a step never waits for a host copy
-_CAPTION, _PATCH, _COSINE, _REGIONS = range(4)
+SEA_TEMPERATURE_FILE = "sea_temperature.bin"
 
 
 @dataclass(frozen=True)
 class PatchLossConfig:
-    """What the trainer needs from the plugin's flags."""
+    """What the trainer needs from the patch-cosine flags."""
 
     schedule: BetaSchedule
     pooling: str = "mean"
@@ -49,12 +75,24 @@ class PatchLossConfig:
 
 
 class PatchAlignTrainer(LLaVATrainer):
-    """`LLaVATrainer` whose loss adds β · L_patch (see the module docstring for normalisation)."""
+    """`LLaVATrainer` whose loss adds β · L_patch and/or λ · L_sea (see the module docstring)."""
 
     # compute_loss returns a loss already normalised over the accumulated batch
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, patch_loss: PatchLossConfig, **kwargs):
+    def __init__(
+        self,
+        *args,
+        patch_loss: PatchLossConfig | None = None,
+        sea_loss: SeaLossConfig | None = None,
+        **kwargs,
+    ):
+        if patch_loss is None and sea_loss is None:
+            raise ValueError("PatchAlignTrainer needs patch_loss, sea_loss, or both")
+        if sea_loss is not None:
+            # before Trainer.__init__, so the temperature moves to the device with the model
+            temperature = SeaTemperature(sea_loss.temperature, sea_loss.learnable_temperature)
+            unwrap_peft(kwargs["model"]).add_module(SEA_TEMPERATURE_MODULE, temperature)
         super().__init__(*args, **kwargs)
         if self.args.n_gpu > 1:
             raise ValueError(
@@ -62,27 +100,67 @@ class PatchAlignTrainer(LLaVATrainer):
                 "process); launch one process per GPU (torchrun or deepspeed)"
             )
         self.patch_loss = patch_loss
-        self.beta_callback = PatchBetaCallback(patch_loss.schedule)
-        self.add_callback(self.beta_callback)
+        self.sea_loss = sea_loss
+        self.weight_callback = LossWeightCallback(
+            patch_loss.schedule if patch_loss else None, sea_loss.schedule if sea_loss else None
+        )
+        self.add_callback(self.weight_callback)
         self.label_embeddings = LabelEmbeddingCache()
         self._regions_in_step: torch.Tensor | None = None
+        self._pairs_in_step: torch.Tensor | None = None
+        self._window_names = ["caption"]
+        if patch_loss is not None:
+            self._window_names += ["patch", "cosine_sum", "regions"]
+        if sea_loss is not None:
+            self._window_names += ["sea", "sea_correct", "sea_pairs"]
+        # window sums kept on the device, so that a step never waits for a host copy
         self._window: torch.Tensor | None = None
         self._window_steps: set[int] = set()
         self._region_totals: torch.Tensor | None = None  # since this process started
 
-    def get_batch_samples(self, epoch_iterator, num_batches, device):
-        """Also count R_step, the regions of the whole optimizer step (all micro-batches and processes)."""
-        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
-        regions = sum(int(batch["region_masks"].shape[0]) for batch in batch_samples)
-        regions = torch.tensor(regions, dtype=torch.long, device=device)
+    @property
+    def beta_callback(self) -> LossWeightCallback:
+        """The weight callback under its patch-cosine name (scripts/tiny/measure_patch_align_step_time.py)."""
+        return self.weight_callback
+
+    def _temperature_module(self) -> SeaTemperature:
+        return getattr(unwrap_peft(self.accelerator.unwrap_model(self.model)), SEA_TEMPERATURE_MODULE)
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        # weight decay would pull log τ towards 0, i.e. τ towards 1
+        return [n for n in super().get_decay_parameter_names(model) if SEA_TEMPERATURE_MODULE not in n]
+
+    def _sum_over_processes(self, count: int, device) -> torch.Tensor:
+        total = torch.tensor(count, dtype=torch.long, device=device)
         if self.args.world_size > 1:
-            regions = self.accelerator.gather(regions.reshape(1)).sum()
-        self._regions_in_step = regions
+            total = self.accelerator.gather(total.reshape(1)).sum()
+        return total
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """Also sample the step's SEA pairs and count R_step / P_step over micro-batches and processes."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.patch_loss is not None:
+            regions = sum(int(batch["region_masks"].shape[0]) for batch in batch_samples)
+            self._regions_in_step = self._sum_over_processes(regions, device)
+        if self.sea_loss is not None:
+            generator = step_generator(self.args.seed, self.state.global_step, self.args.process_index)
+            pairs = sum(self._sample_pairs(batch, generator) for batch in batch_samples)
+            self._pairs_in_step = self._sum_over_processes(pairs, device)
         return batch_samples, num_items_in_batch
 
+    def _sample_pairs(self, batch: dict, generator: torch.Generator) -> int:
+        return sample_batch_pairs(batch, self.sea_loss.grid, self.sea_loss.window, generator)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        regions = {key: inputs.pop(key) for key in REGION_KEYS}
-        counters = torch.stack([inputs.pop(key) for key in REGION_COUNTERS])
+        regions = counters = pairs = None
+        if self.patch_loss is not None:
+            regions = {key: inputs.pop(key) for key in REGION_KEYS}
+            counters = torch.stack([inputs.pop(key) for key in REGION_COUNTERS])
+        if self.sea_loss is not None:
+            if SEA_LABEL_KEYS[0] in inputs:  # not sampled by get_batch_samples: evaluation, direct calls
+                generator = step_generator(self.args.seed, self.state.global_step, self.args.process_index)
+                self._sample_pairs(inputs, generator)
+            pairs = {key: inputs.pop(key) for key in SEA_PAIR_KEYS}
         if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
             inputs = {**inputs, "num_items_in_batch": num_items_in_batch}
         outputs = model(**inputs, return_image_features=True)
@@ -98,6 +176,24 @@ class PatchAlignTrainer(LLaVATrainer):
                 "the batch has no images: patch-aligned training needs a multimodal model and data"
             )
         embedding = unwrap_peft(self.accelerator.unwrap_model(model)).get_input_embeddings()
+        loss = caption
+        window = {"caption": caption.detach()}
+        if self.patch_loss is not None:
+            patch, cosines = self._patch_term(image_features, regions, embedding, model.training)
+            loss = loss + self.weight_callback.beta * patch.to(caption.dtype)
+            regions_here = cosines.new_tensor(len(cosines))
+            window.update(patch=patch.detach(), cosine_sum=cosines.sum(), regions=regions_here)
+        if self.sea_loss is not None:
+            sea, result = self._sea_term(image_features, pairs, embedding, model.training)
+            loss = loss + self.weight_callback.sea_lambda * sea.to(caption.dtype)
+            window.update(sea=sea.detach(), sea_correct=torch.tensor(result.correct),
+                          sea_pairs=torch.tensor(float(result.pairs)))
+
+        if model.training:
+            self._accumulate(window, counters)
+        return (loss, outputs) if return_outputs else loss
+
+    def _patch_term(self, image_features, regions, embedding, training: bool):
         targets = self.label_embeddings(embedding, regions["region_label_ids"], regions["region_label_mask"])
         result = patch_cosine_loss(
             image_features,
@@ -106,61 +202,104 @@ class PatchAlignTrainer(LLaVATrainer):
             targets,
             pooling=self.patch_loss.pooling,
         )
-        training = model.training and self._regions_in_step is not None
-        if training:
+        if training and self._regions_in_step is not None:
             patch = result.loss_sum / self._regions_in_step.clamp_min(1).to(result.loss_sum.dtype)
             patch = patch * self.accelerator.num_processes
         else:  # evaluation: this batch alone
             patch = result.mean_loss()
-        beta = self.beta_callback.beta
-        loss = caption + beta * patch.to(caption.dtype)
+        return patch, result.cosines
 
-        if training:
-            self._accumulate(caption, patch, result.cosines, counters)
-        return (loss, outputs) if return_outputs else loss
-
-    def _accumulate(
-        self, caption: torch.Tensor, patch: torch.Tensor, cosines: torch.Tensor, counters: torch.Tensor
-    ) -> None:
-        values = torch.stack(
-            [
-                caption.detach().double(),
-                patch.detach().double(),
-                cosines.sum().double(),
-                torch.tensor(cosines.shape[0], dtype=torch.float64, device=cosines.device),
-            ]
+    def _sea_term(self, image_features, pairs, embedding, training: bool):
+        result = sea_pair_loss(
+            image_features,
+            pairs["sea_pair_batch_index"],
+            pairs["sea_pair_patch_index"],
+            pairs["sea_pair_word_ids"],
+            self.sea_loss.targets,
+            embedding,
+            self._temperature_module()(),
+            token_offset=self.sea_loss.token_offset,
         )
-        values = values.to(caption.device)
-        counters = counters.to(device=caption.device, dtype=torch.float64)
+        if training and self._pairs_in_step is not None:
+            sea = result.loss_sum / self._pairs_in_step.clamp_min(1).to(result.loss_sum.dtype)
+            sea = sea * self.accelerator.num_processes
+        else:  # evaluation: this batch alone
+            sea = result.loss_sum / max(result.pairs, 1)
+        return sea, result
+
+    def _accumulate(self, window: dict[str, torch.Tensor], counters: torch.Tensor | None) -> None:
+        device = window["caption"].device
+        values = torch.stack(
+            [window[name].to(device=device, dtype=torch.float64) for name in self._window_names]
+        )
         if self._window is None:
-            self._window, self._region_totals = torch.zeros_like(values), torch.zeros_like(counters)
+            self._window = torch.zeros_like(values)
         self._window += values
-        self._region_totals += counters
+        if counters is not None:
+            counters = counters.to(device=device, dtype=torch.float64)
+            if self._region_totals is None:
+                self._region_totals = torch.zeros_like(counters)
+            self._region_totals += counters
         self._window_steps.add(self.state.global_step)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._window_steps:
-            logs.update(self._patch_logs())
+            logs.update(self._objective_logs())
         super().log(logs, start_time)
 
-    def _patch_logs(self) -> dict[str, float]:
+    def _objective_logs(self) -> dict[str, float]:
         """Window averages (see the module docstring), summed over processes, then reset."""
         window, counters = self._window, self._region_totals
         processes = 1
         if self.args.world_size > 1:
             window = self.accelerator.gather(window.unsqueeze(0)).sum(dim=0)
-            counters = self.accelerator.gather(counters.unsqueeze(0)).sum(dim=0)
+            if counters is not None:
+                counters = self.accelerator.gather(counters.unsqueeze(0)).sum(dim=0)
             processes = self.args.world_size
+        sums = {name: float(value) for name, value in zip(self._window_names, window, strict=True)}
         steps = len(self._window_steps)
-        regions = float(window[_REGIONS])
-        logs = {
-            "loss_caption": float(window[_CAPTION]) / processes / steps,
-            "loss_patch": float(window[_PATCH]) / processes / steps,
-            "patch_beta": self.beta_callback.beta,
-            "patch_cosine": float(window[_COSINE]) / regions if regions else 0.0,
-            "patch_regions": regions / steps,
-        }
-        logs.update({key: float(value) for key, value in zip(REGION_COUNTERS, counters, strict=True)})
+        logs = {"loss_caption": sums["caption"] / processes / steps}
+        if self.patch_loss is not None:
+            regions = sums["regions"]
+            logs.update(
+                loss_patch=sums["patch"] / processes / steps,
+                patch_beta=self.weight_callback.beta,
+                patch_cosine=sums["cosine_sum"] / regions if regions else 0.0,
+                patch_regions=regions / steps,
+            )
+            logs.update({key: float(value) for key, value in zip(REGION_COUNTERS, counters, strict=True)})
+        if self.sea_loss is not None:
+            pairs = sums["sea_pairs"]
+            logs.update(
+                loss_sea=sums["sea"] / processes / steps,
+                sea_lambda=self.weight_callback.sea_lambda,
+                sea_temperature=float(self._temperature_module()().detach()),
+                sea_pairs=pairs / steps,
+                sea_accuracy=sums["sea_correct"] / pairs if pairs else 0.0,
+            )
         self._window.zero_()
         self._window_steps.clear()
         return logs
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """LLaVA's saving, plus `sea_temperature.bin` beside a stage-1 `mm_projector.bin`."""
+        super().save_model(output_dir, _internal_call)
+        if self.sea_loss is None or not self.args.should_save:
+            return
+        output_dir = output_dir or self.args.output_dir
+        state = {k: v.detach().cpu().clone() for k, v in self._temperature_module().state_dict().items()}
+        torch.save(state, os.path.join(output_dir, SEA_TEMPERATURE_FILE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.sea_loss is None:
+            return
+        path = os.path.join(resume_from_checkpoint, SEA_TEMPERATURE_FILE)
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"{path} is missing: {resume_from_checkpoint} was not saved by a SEA run, "
+                "so its temperature cannot be restored"
+            )
+        target = getattr(unwrap_peft(model if model is not None else self.model), SEA_TEMPERATURE_MODULE)
+        target.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        logger.info("resumed the SEA temperature from %s (tau = %.5f)", path, float(target().detach()))

@@ -37,8 +37,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     label.add_argument("--top-n", type=int, default=10, help="words kept per patch (default 10)")
     label.add_argument("--sign", choices=("negated", "plain"), default="negated",
                        help="score = -cosine (the paper's convention, default) or +cosine")
-    label.add_argument("--image-aspect-ratio", choices=("pad", "square"), default="pad",
-                       help="the training geometry (default pad, as LLaVA-1.5)")
+    label.add_argument("--image-aspect-ratio", choices=("pad", "square"), default="square",
+                       help="the training geometry: training's --image_aspect_ratio (default square, "
+                            "as LLaVA-1.5 stage 1)")
     label.add_argument("--prompt-template", default="a photo of a {}.",
                        help="text prompt per word; '{}' is replaced by the word")
     label.add_argument("--batch-size", type=int, default=32, help="images per CLIP forward")

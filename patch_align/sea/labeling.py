@@ -200,7 +200,7 @@ class LabelRunSummary:
 
 def label_dataset(clip_dir: str | Path, vocab_path: str | Path, data_path: str | Path,
                   image_folder: str | Path, out_dir: str | Path, *, top_n: int = DEFAULT_TOP_N,
-                  sign: str = "negated", image_aspect_ratio: str = "pad",
+                  sign: str = "negated", image_aspect_ratio: str = "square",
                   prompt_template: str = DEFAULT_PROMPT_TEMPLATE, batch_size: int = 32,
                   shard_size: int = 1000, num_shards: int = 1, shard_index: int = 0,
                   device: str | None = None, show_progress: bool = True) -> LabelRunSummary:
