@@ -18,7 +18,7 @@ from llava.eval.rec import (
 )
 from llava.eval.vqa_metrics import score_answers
 from patch_align.cli import main as patch_align_main
-from patch_align.evaluation import runner
+from patch_align.evaluation import prepare, runner
 from patch_align.evaluation.report import metric_columns, results_markdown
 from patch_align.evaluation.runner import Checkpoint, parse_checkpoint, run_suite
 from patch_align.evaluation.scoring import prepare_task
@@ -310,3 +310,67 @@ def test_markdown_columns_follow_task_order_and_show_scores_times_100():
     table = results_markdown(results)
     assert "| a | 50.0 | 123.4 | 10.0 |" in table
     assert "| a | gqa | 2 | 2 | 0 | 0.50 | 4.00 | 0.25 | 1 |" in table
+
+
+def test_vizwiz_questions_are_keyed_by_image_and_carry_the_unanswerable_prompt():
+    questions, answers = prepare.vizwiz_files(
+        [{"image": "VizWiz_val_00000001.jpg", "question": "What is this?",
+          "answers": [{"answer": "soup", "answer_confidence": "yes"}, {"answer": "unanswerable"}]}],
+        "val.json")
+    assert questions == [{"question_id": "VizWiz_val_00000001.jpg", "image": "VizWiz_val_00000001.jpg",
+                          "text": f"What is this?\n{prepare.UNANSWERABLE}\n{prepare.SHORT_ANSWER}"}]
+    assert answers == [{"question_id": "VizWiz_val_00000001.jpg", "answers": ["soup", "unanswerable"]}]
+
+
+def test_sqa_keeps_image_questions_only_with_their_answer_index():
+    conversations = [
+        {"id": "4", "image": "4/image.png",
+         "conversations": [{"from": "human",
+                            "value": "<image>\nContext: x\nQuestion: y?\nOptions: (A) a (B) b"}]},
+        {"id": "5", "conversations": [{"from": "human", "value": "Question: text only?"}]},
+    ]
+    problems = {"4": {"answer": 1}, "5": {"answer": 0}}
+    questions, answers = prepare.sqa_image_files(conversations, problems, "t.json")
+    assert questions == [{"question_id": "4", "image": "4/image.png",
+                          "text": f"Context: x\nQuestion: y?\nOptions: (A) a (B) b\n{prepare.OPTION_LETTER}"}]
+    assert answers == [{"question_id": "4", "answer": 1}]
+
+
+def test_okvqa_image_names_are_the_coco_file_names():
+    questions = prepare.okvqa_questions(
+        {"questions": [{"question_id": 2971475, "image_id": 297147, "question": "What sport?"}]},
+        "COCO_val2014_", "q.json")
+    assert questions == [{"question_id": 2971475, "image": "COCO_val2014_000000297147.jpg",
+                          "text": f"What sport?\n{prepare.SHORT_ANSWER}"}]
+
+
+def test_coco_caption_files_take_one_split_and_key_references_by_image_id():
+    karpathy = {"images": [
+        {"split": "test", "filepath": "val2014", "filename": "a.jpg", "cocoid": 7,
+         "sentences": [{"raw": "A cat. "}, {"raw": "A kitten."}]},
+        {"split": "train", "filepath": "train2014", "filename": "b.jpg", "cocoid": 8, "sentences": []},
+    ]}
+    questions, references = prepare.coco_caption_files(karpathy, "test", "k.json")
+    assert questions == [{"question_id": 7, "image": "val2014/a.jpg", "text": prepare.SHORT_CAPTION}]
+    assert references == {"7": ["A cat.", "A kitten."]}
+    with pytest.raises(ValueError, match="k.json: no image of split 'val'"):
+        prepare.coco_caption_files(karpathy, "val", "k.json")
+
+
+def test_a_converter_input_record_without_a_needed_key_is_an_error_naming_it():
+    with pytest.raises(ValueError, match=r"val\.json: record 0: record lacks \['answers'\]"):
+        prepare.vizwiz_files([{"image": "a.jpg", "question": "q"}], "val.json")
+
+
+def test_score_captions_command_writes_what_score_captions_returns(tmp_path, monkeypatch, capsys):
+    from llava.eval.caption_metrics import score_captions
+
+    monkeypatch.setattr("llava.eval.caption_metrics.java_available", lambda: False)
+    (tmp_path / "refs.json").write_text(json.dumps({"7": ["a cat on a mat", "a small cat"]}))
+    _write_jsonl(tmp_path / "answers.jsonl", [{"question_id": 7, "text": "a cat on the mat"}])
+    code = prepare.main(["score-captions", "--references", str(tmp_path / "refs.json"),
+                         "--result-file", str(tmp_path / "answers.jsonl"), "--out", str(tmp_path / "s.json")])
+    assert code == 0
+    expected = score_captions({"7": ["a cat on a mat", "a small cat"]}, {"7": "a cat on the mat"})
+    assert json.loads((tmp_path / "s.json").read_text()) == expected
+    assert json.loads(capsys.readouterr().out) == expected
