@@ -127,4 +127,4 @@ def test_quick_preset_learns_well_beyond_chance_within_its_budget(tmp_path, caps
     assert report["clip"]["retrieval_top1"] >= 2 * report["clip"]["retrieval_chance"]
     assert report["llm"]["perplexity"] < 0.5 * report["llm"]["unigram_perplexity"]
     assert elapsed < 90
-    assert json.loads(capsys.readouterr().out)["cached"] is False
+    assert '"cached": false' in capsys.readouterr().out
