@@ -21,7 +21,7 @@ from pycocotools import mask as coco_mask
 
 @dataclass(frozen=True)
 class SegmentedBox:
-    """A box's mask on the original image: `mask` is (H, W) bool, `score` SAM's predicted IoU."""
+    """A box's mask on the original image: `mask` is (H, W) bool, `score` SAM's predicted IoU in [0, 1]."""
 
     mask: np.ndarray
     score: float
@@ -111,7 +111,8 @@ class SamSegmenter:
                 out = self.model(
                     image_embeddings=embeddings[row : row + 1], input_boxes=prompt, multimask_output=True
                 )
-                iou = out.iou_scores[0].float()  # (K, 3)
+                # SAM's IoU head is a regression and can leave [0, 1]; a region score is a probability
+                iou = out.iou_scores[0].float().clamp(0.0, 1.0)  # (K, 3)
                 best = iou.argmax(-1)
                 low_res = out.pred_masks[0, torch.arange(len(best)), best].float().cpu()  # (K, h, w)
                 masks = sam_masks_to_original(low_res, padded_hw, resized_hw, original_hw).numpy()
