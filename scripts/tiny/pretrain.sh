@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # CPU twin of scripts/v1_5/pretrain.sh on the tiny models: same entry and flags, except no
-# DeepSpeed/bf16/tf32 and a small batch. Extra flags are passed on.
+# DeepSpeed/bf16/tf32 and a small batch. Extra flags are passed on; ENTRY picks the training file
+# (the patch-aligned and SEA twins run patch_align/train_mem.py through this script).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 source scripts/tiny/env.sh
 OUTPUT_DIR="${OUTPUT_DIR:-./runs/tiny/llava-tiny-pretrain}"
 
-exec "$PYTHON" llava/train/train_mem.py \
+exec "$PYTHON" "${ENTRY:-llava/train/train_mem.py}" \
     --model_name_or_path "$TINY_LLM" \
     --version plain \
     --data_path "$TINY_PRETRAIN_JSON" \

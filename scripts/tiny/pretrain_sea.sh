@@ -10,7 +10,6 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 source scripts/tiny/env.sh
 ALIGN_OBJECTIVE="${ALIGN_OBJECTIVE:-sea}"
-OUTPUT_DIR="${OUTPUT_DIR:-./runs/tiny/llava-tiny-pretrain-$ALIGN_OBJECTIVE}"
 SEA_LABELS="${SEA_LABELS:-$TINY_ROOT/data/sea-labels}"
 if [ ! -f "$SEA_LABELS/index.json" ]; then
     "$PYTHON" scripts/tiny/make_sea_clip_tokenizer.py "$TINY_CLIP"
@@ -29,41 +28,12 @@ if [ "$ALIGN_OBJECTIVE" = "both" ]; then
     PAD_FLAGS=(--pad_path "$PAD_PATH" --patch_loss_weight 5.0 --patch_beta_schedule linear)
 fi
 
-exec "$PYTHON" patch_align/train_mem.py \
-    --model_name_or_path "$TINY_LLM" \
-    --version plain \
-    --data_path "$TINY_PRETRAIN_JSON" \
-    --image_folder "$TINY_IMAGES" \
+ENTRY=patch_align/train_mem.py OUTPUT_DIR="${OUTPUT_DIR:-./runs/tiny/llava-tiny-pretrain-$ALIGN_OBJECTIVE}" \
+exec bash scripts/tiny/pretrain.sh \
     --align_objective "$ALIGN_OBJECTIVE" \
     --sea_labels "$SEA_LABELS" \
     --sea_loss_weight "${SEA_LOSS_WEIGHT:-1.0}" \
     --sea_lambda_schedule constant \
     --sea_window 2 \
     "${PAD_FLAGS[@]}" \
-    --vision_tower "$TINY_CLIP" \
-    --mm_projector_type mlp2x_gelu \
-    --tune_mm_mlp_adapter True \
-    --mm_vision_select_layer -2 \
-    --mm_use_im_start_end False \
-    --mm_use_im_patch_token False \
-    --output_dir "$OUTPUT_DIR" \
-    --num_train_epochs "${EPOCHS:-4}" \
-    --per_device_train_batch_size 4 \
-    --per_device_eval_batch_size 4 \
-    --gradient_accumulation_steps 1 \
-    --evaluation_strategy "no" \
-    --save_strategy "steps" \
-    --save_steps 24000 \
-    --save_total_limit 1 \
-    --learning_rate 1e-3 \
-    --weight_decay 0. \
-    --warmup_ratio 0.03 \
-    --lr_scheduler_type "cosine" \
-    --logging_steps 1 \
-    --model_max_length 256 \
-    --gradient_checkpointing True \
-    --dataloader_num_workers 0 \
-    --lazy_preprocess True \
-    --report_to "${REPORT_TO:-none}" \
-    --disable_tqdm "${DISABLE_TQDM:-False}" \
     "$@"
