@@ -267,8 +267,14 @@ class ZeroShotDetector:
         # OWL models take the same number of queries per image: pad with a blank query, ignored below.
         width = max(len(t) for t in tags)
         queries = [list(t) + [" "] * (width - len(t)) for t in tags]
+        # Pad every query to the text tower's positions (16 for OWL): the tokenizer's own
+        # model_max_length may be unset, and a longer query must not overflow them.
         text = self.processor.tokenizer(
-            [q for row in queries for q in row], padding="max_length", truncation=True, return_tensors="pt"
+            [q for row in queries for q in row],
+            padding="max_length",
+            truncation=True,
+            max_length=self.model.config.text_config.max_position_embeddings,
+            return_tensors="pt",
         )
         outputs = self._forward(
             {**prepared, "input_ids": text["input_ids"], "attention_mask": text["attention_mask"]}

@@ -202,7 +202,14 @@ class ClipTagger:
         self.processor = AutoProcessor.from_pretrained(model_path)
         self.model = CLIPModel.from_pretrained(model_path).to(device).eval()
         with torch.no_grad():
-            text = self.processor.tokenizer(self.vocabulary, padding=True, return_tensors="pt").to(device)
+            # Truncate at the text tower's positions: a long entry must not overflow them.
+            text = self.processor.tokenizer(
+                self.vocabulary,
+                padding=True,
+                truncation=True,
+                max_length=self.model.config.text_config.max_position_embeddings,
+                return_tensors="pt",
+            ).to(device)
             self.text_embeddings = _unit(self.model.get_text_features(**text))
 
     def settings(self) -> dict[str, Any]:
@@ -218,14 +225,19 @@ class ClipTagger:
     def image_processor(self) -> Any:
         return self.processor.image_processor
 
-    def tag(self, samples: list[SampleInfo], prepared: dict[str, torch.Tensor]) -> list[list[str]]:
+    def similarities(self, prepared: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, V) float32 cosine similarity of each image with each vocabulary entry, on the CPU.
+
+        `prepared` is the CLIP image processor's output for the batch (`pixel_values` (B, 3, H, W)).
+        """
         with torch.no_grad():
             image = _unit(
                 self.model.get_image_features(pixel_values=prepared["pixel_values"].to(self.device))
             )
-        return multilabel_tags(
-            (image @ self.text_embeddings.T).float().cpu(), self.vocabulary, self.threshold, self.max_tags
-        )
+        return (image @ self.text_embeddings.T).float().cpu()
+
+    def tag(self, samples: list[SampleInfo], prepared: dict[str, torch.Tensor]) -> list[list[str]]:
+        return multilabel_tags(self.similarities(prepared), self.vocabulary, self.threshold, self.max_tags)
 
 
 def _unit(features: Any) -> torch.Tensor:
