@@ -17,6 +17,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "sea": ("patch_align.sea.cli", "SEA token labels: vocabulary and offline CLIP labelling"),
     "world": ("patch_align.world.cli", "the miniature world: generate it, bootstrap its models"),
     "eval": ("patch_align.evaluation.cli", "evaluation suites: answer, score and compare checkpoints"),
+    "demo": ("patch_align.world.demo", "the main job: the paper's comparison in miniature, end to end"),
 }
 
 

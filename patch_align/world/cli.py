@@ -76,3 +76,66 @@ def run_bootstrap(args: argparse.Namespace) -> int:
     report = bootstrap_world(args.world, args.out, settings, force=args.force)
     print(json.dumps({key: report[key] for key in ("cached", "clip", "llm", "seconds")}, indent=2))
     return 0
+
+
+def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the top-level `demo` command (GROUPS entry `patch_align.world.demo`, docs/demo.md)."""
+    demo = subparsers.add_parser(
+        "demo", help="the main job: world -> bootstrap -> stage 1/2 per method -> analysis + eval -> report",
+        description="Run the paper's comparison in miniature: caption-only LLaVA stage 1 vs patch-aligned "
+                    "vs SEA, then stage 2, analysis and evaluation; writes OUT/report.md and "
+                    "OUT/metrics.json.")
+    demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    demo.add_argument("--quick", action="store_true", help="the small preset (~2 min on 2 CPU cores)")
+    demo.add_argument("--seeds", type=int, default=1,
+                      help="repeat stage 1/2 and evaluation with seeds 0..N-1 and report mean ± std")
+    demo.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                      help="some of caption, patch_align, sea (default: all three)")
+    demo.add_argument("--report-to", choices=("none", "wandb"), default="none",
+                      help="training logs to wandb (offline unless WANDB_MODE is set)")
+    demo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                      help="auto uses a GPU when there is one")
+    demo.add_argument("--jobs", type=int, default=None,
+                      help="training runs at once (default: one per CPU core, at most one per run)")
+    demo.add_argument("--keep-going", action="store_true",
+                      help="a failed run is reported and the others go on (default: stop at the first)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar or stage lines")
+    demo.set_defaults(func=run_demo_command)
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    import logging
+    import sys
+    from pathlib import Path
+
+    from patch_align.world.demo import (
+        DEFAULT_PRESET,
+        METHODS,
+        QUICK_PRESET,
+        DemoError,
+        DemoOptions,
+        format_table,
+        run_demo,
+    )
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        options = DemoOptions(out=Path(args.out), preset=QUICK_PRESET if args.quick else DEFAULT_PRESET,
+                              seeds=args.seeds, methods=tuple(args.methods or METHODS),
+                              report_to=args.report_to, device=args.device, keep_going=args.keep_going,
+                              jobs=args.jobs, progress=not args.no_progress)
+    except ValueError as error:
+        print(f"patch-align demo: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        metrics = run_demo(options)
+    except DemoError as error:
+        print(f"patch-align demo: error: {error}", file=sys.stderr)
+        return 1
+    print(f"\n{format_table(metrics['summary'])}\n")
+    failed = metrics["failed_runs"]
+    for name, message in failed.items():
+        print(f"FAILED {name}: {message.splitlines()[0]}", file=sys.stderr)
+    print(f"done in {metrics['wall_seconds']:.0f} s: {Path(args.out) / 'report.md'}, "
+          f"{Path(args.out) / 'metrics.json'}, figures in {args.out}")
+    return 1 if failed else 0
