@@ -9,7 +9,7 @@ PYTHON ?= python3
 # PyTorch CPU index, e.g. make install TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
-DEMO_CMD ?= bash scripts/tiny/demo.sh
+DEMO_CMD ?= patch-align demo
 
 VENV_PYTHON := $(VENV)/bin/python
 PIP := $(VENV_PYTHON) -m pip

@@ -167,6 +167,15 @@ def test_summary_table_shows_mean_and_std_over_seeds():
     assert "±" not in single and "| 0.100 |" in single
 
 
+def test_a_number_not_measured_is_none_and_shown_as_n_a():
+    no_captions = {"tasks": {k: v for k, v in EVAL_ENTRY["tasks"].items() if k != "caption"}}
+    numbers = run_numbers(_analysis(0.2), no_captions, {"stage1": 1.0, "stage2": 1.0}, "r", {"caption_cider"})
+    assert numbers["caption_cider"] is None and numbers["align_miou"] == 0.2
+    summary = summarize([{"method": "sea", "numbers": numbers}])
+    assert summary["sea"]["caption_cider"] == {"mean": None, "std": None, "n": 0}
+    assert "| 0.600 | n/a | 1.0 |" in format_table(summary)
+
+
 # ---------------------------------------------------------------- end to end
 
 # A few seconds of bootstrap and 2 training steps per stage: the same code path as the presets.

@@ -15,6 +15,7 @@ evaluation run through the real `patch-align` commands in this process (no secon
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -23,7 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -245,20 +246,23 @@ def stage2_command(run: RunSpec, paths: DemoPaths, preset: DemoPreset, report_to
             *_shared_flags(paths, preset.stage2, run, run.stage2, report_to)]
 
 
-def eval_suite(world: Path) -> dict[str, Any]:
+def eval_suite(world: Path, captions: bool = True) -> dict[str, Any]:
     """The `patch-align eval` suite of the world's held-out files: REC (Acc@0.5), VQA (exact match,
-    one answer per question, hence the `gqa` task type) and captions (CIDEr)."""
+    one answer per question, hence the `gqa` task type) and, if `captions`, captions (CIDEr)."""
     folder = str(world / WORLD_FILES["image_folder"])
-    return {"defaults": {"conv_mode": "llava_v1"}, "tasks": [
+    tasks = [
         {"name": "rec", "type": "rec", "question_file": str(world / WORLD_FILES["rec_questions"]),
          "image_folder": folder, "max_new_tokens": 24},
         {"name": "vqa", "type": "gqa", "question_file": str(world / WORLD_FILES["vqa_questions"]),
          "annotation_file": str(world / WORLD_FILES["vqa_answers"]), "image_folder": folder,
          "max_new_tokens": 8},
-        {"name": "caption", "type": "caption", "question_file": str(world / WORLD_FILES["caption_questions"]),
-         "annotation_file": str(world / WORLD_FILES["caption_references"]), "image_folder": folder,
-         "max_new_tokens": 40},
-    ]}
+    ]
+    if captions:
+        tasks.append({"name": "caption", "type": "caption",
+                      "question_file": str(world / WORLD_FILES["caption_questions"]),
+                      "annotation_file": str(world / WORLD_FILES["caption_references"]),
+                      "image_folder": folder, "max_new_tokens": 40})
+    return {"defaults": {"conv_mode": "llava_v1"}, "tasks": tasks}
 
 
 # ---------------------------------------------------------------- numbers (pure)
@@ -275,10 +279,11 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def run_numbers(analysis: dict[str, Any], eval_checkpoint: dict[str, Any], train_seconds: dict[str, float],
-                run_name: str) -> dict[str, float]:
+                run_name: str, skipped: Collection[str] = ()) -> dict[str, float | None]:
     """The table numbers of one run from its analyze metrics.json and its `patch-align eval` entry.
 
-    Raises `DemoError` naming the run and the number when one is missing or not finite.
+    Numbers named in `skipped` (not measured this run, reported as such) are None. Raises `DemoError`
+    naming the run and the number when any other one is missing or not finite.
     """
     numbers: dict[str, float] = {}
     for key, (section, name) in ANALYSIS_KEYS.items():
@@ -288,31 +293,42 @@ def run_numbers(analysis: dict[str, Any], eval_checkpoint: dict[str, Any], train
     numbers["stage1_train_s"] = train_seconds.get("stage1")
     numbers["stage2_train_s"] = train_seconds.get("stage2")
     for key, value in numbers.items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        if key in skipped:
+            numbers[key] = None
+        elif not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
             raise DemoError(f"run {run_name}: {key} is {value!r}, not a finite number")
-    return {key: float(value) for key, value in numbers.items()}
+        else:
+            numbers[key] = float(value)
+    return numbers
 
 
 def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-    """method → table key → {mean, std, n} over the runs' seeds; runs are `{"method", "numbers"}` dicts."""
-    summary: dict[str, dict[str, dict[str, float]]] = {}
+    """method → table key → {mean, std, n} over the runs' seeds; runs are `{"method", "numbers"}` dicts.
+
+    A number no run measured (None, see `run_numbers`) has mean and std None and n 0."""
+    summary: dict[str, dict[str, dict[str, Any]]] = {}
     for method in dict.fromkeys(r["method"] for r in runs):
         numbers = [r["numbers"] for r in runs if r["method"] == method]
         summary[method] = {}
         for key, _, _ in TABLE_COLUMNS:
-            mean, std = mean_std([n[key] for n in numbers])
-            summary[method][key] = {"mean": mean, "std": std, "n": len(numbers)}
+            values = [n[key] for n in numbers if n[key] is not None]
+            mean, std = mean_std(values) if values else (None, None)
+            summary[method][key] = {"mean": mean, "std": std, "n": len(values)}
     return summary
 
 
 def format_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
-    """The comparison table in markdown: one row per method, `mean ± std` when there are several seeds."""
+    """The comparison table in markdown: one row per method, `mean ± std` when there are several seeds,
+    `n/a` for a number that was not measured."""
     header = ["method", *(title for _, title, _ in TABLE_COLUMNS)]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * len(TABLE_COLUMNS)]
     for method, columns in summary.items():
         cells = [METHOD_TITLES.get(method, method)]
         for key, _, fmt in TABLE_COLUMNS:
             entry = columns[key]
+            if entry["mean"] is None:
+                cells.append("n/a")
+                continue
             cell = fmt.format(entry["mean"])
             if entry["n"] > 1:
                 cell += " ± " + fmt.format(entry["std"])
@@ -343,6 +359,8 @@ def format_report(metrics: dict[str, Any]) -> str:
         "",
         format_table(metrics["summary"]),
         "",
+        *[f"- **not measured** {key}: {reason}" for key, reason in metrics["not_measured"].items()],
+        *[f"- **failed** {name}: {error.splitlines()[0]}" for name, error in metrics["failed_runs"].items()],
         "- ΔH = H_vision − H_projected (nats), Align mIoU and pointing accuracy: `patch-align analyze`",
         "  (docs/metrics.md); MP precision/recall: matching-pursuit words vs. the region labels.",
         "- REC Acc@0.5, VQA accuracy (exact match), CIDEr: `patch-align eval` (docs/demo.md).",
@@ -381,8 +399,9 @@ def plot_summary(summary: dict[str, dict[str, dict[str, float]]], path: Path) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = [(key, title) for key, title, _ in TABLE_COLUMNS if not key.endswith("_train_s")]
     methods = list(summary)
+    columns = [(key, title) for key, title, _ in TABLE_COLUMNS if not key.endswith("_train_s")
+               and all(summary[m][key]["mean"] is not None for m in methods)]
     width = 0.8 / len(methods)
     fig, ax = plt.subplots(figsize=(11, 4))
     for i, method in enumerate(methods):
@@ -631,9 +650,14 @@ def _analyze(run: _RunState, paths: DemoPaths, options: DemoOptions) -> str:
     return f"Align mIoU {metrics['alignment']['miou']:.3f}, ΔH {metrics['compression']['delta_h']:.3f}"
 
 
+def captions_scorable() -> bool:
+    """Whether caption metrics can be computed: pycocoevalcap is the optional `eval` extra."""
+    return importlib.util.find_spec("pycocoevalcap") is not None
+
+
 def _evaluate(runs: list[_RunState], world: Path, options: DemoOptions, results: dict[str, Any]) -> str:
     suite_path = options.out / "eval_suite.json"
-    suite_path.write_text(json.dumps(eval_suite(world), indent=2) + "\n")
+    suite_path.write_text(json.dumps(eval_suite(world, captions=captions_scorable()), indent=2) + "\n")
     eval_dir = options.out / "eval"
     shutil.rmtree(eval_dir, ignore_errors=True)
     argv = ["eval", "--suite", str(suite_path), "--out", str(eval_dir), "--device", options.device,
@@ -652,11 +676,15 @@ def _report(runs: list[_RunState], eval_results: dict[str, Any], options: DemoOp
     started = time.perf_counter()
     out = options.out
     finished = [r for r in runs if r.error is None]
+    skipped = {} if captions_scorable() else {
+        "caption_cider": "pycocoevalcap (the eval extra) is not installed: no caption task was run"}
+    for key, reason in skipped.items():
+        logger.warning("%s not measured: %s", key, reason)
     run_entries = []
     for run in finished:
         analysis = json.loads((run.spec.analysis / "metrics.json").read_text())
         numbers = run_numbers(analysis, eval_results["checkpoints"][run.spec.name], run.train_seconds,
-                              run.spec.name)
+                              run.spec.name, skipped)
         run_entries.append({"name": run.spec.name, "method": run.spec.method, "seed": run.spec.seed,
                             "numbers": numbers, "stage1": str(run.spec.stage1),
                             "stage2": str(run.spec.stage2)})
@@ -677,6 +705,7 @@ def _report(runs: list[_RunState], eval_results: dict[str, Any], options: DemoOp
                       "seconds": boot["seconds"]},
         "runs": run_entries,
         "failed_runs": {r.spec.name: r.error for r in runs if r.error is not None},
+        "not_measured": skipped,
         "summary": summary,
         "stage_seconds": {},
         "wall_seconds": 0.0,
