@@ -11,9 +11,11 @@ def _skip_reset_parameters(self: torch.nn.Module) -> None:
 def disable_torch_init() -> None:
     """Make `nn.Linear` and `nn.LayerNorm` skip their random initialisation, for this process.
 
-    Building a model only to load a checkpoint into it spends most of its time drawing
-    random weights that are thrown away; scripts call this before `from_pretrained`.
-    Layers created afterwards hold uninitialised memory until weights are loaded.
+    Upstream's scripts call this before loading a model, to skip drawing random weights
+    that the checkpoint overwrites. Kept for scripts that import it; nothing in this project
+    calls it: transformers 5's `from_pretrained` already builds models on the meta device,
+    and the patch lasts for the whole process, so any layer built later (a new projector, a
+    model in the same test session) would start from uninitialised memory.
     """
     torch.nn.Linear.reset_parameters = _skip_reset_parameters
     torch.nn.LayerNorm.reset_parameters = _skip_reset_parameters

@@ -115,6 +115,20 @@ def test_serve_cli_chats_until_an_empty_line_and_streams_each_answer(golden_case
     assert out.rstrip().endswith("exit...")
 
 
+def test_in_process_inference_leaves_torch_layer_initialisation_alone(golden_case, capsys):
+    """Upstream's disable_torch_init patch lasts for the process: a layer built after it would start
+    from uninitialised memory (a new projector in the same process trained into NaN)."""
+    linear_init, norm_init = torch.nn.Linear.reset_parameters, torch.nn.LayerNorm.reset_parameters
+    run_llava.main([
+        "--model-path", golden_case["model"], "--query", "Name one object.", "--temperature", "0",
+        "--max_new_tokens", "2", "--device", "cpu",
+    ])
+    cli.main(["--model-path", golden_case["model"], "--temperature", "0", "--max-new-tokens", "2",
+              "--device", "cpu"], input_stream=io.StringIO("hi\n\n"))
+    assert torch.nn.Linear.reset_parameters is linear_init
+    assert torch.nn.LayerNorm.reset_parameters is norm_init
+
+
 def _run_module(module: str, args: list[str], stdin: str = "") -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.run(

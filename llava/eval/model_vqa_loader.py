@@ -34,7 +34,6 @@ from llava.eval.generation import GenerationSettings, decode_answers, generate_t
 from llava.eval.run_llava import image_query, new_chat, resolve_device, single_turn_prompt, stop_string
 from llava.mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
-from llava.utils import disable_torch_init
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +196,6 @@ def eval_model(args: argparse.Namespace) -> int:
         answers_file.touch()
         return 0
 
-    disable_torch_init()
     model_name = get_model_name_from_path(args.model_path)
     tokenizer, model, image_processor, _ = load_pretrained_model(
         args.model_path, args.model_base, model_name, device=resolve_device(args.device)

@@ -28,7 +28,6 @@ from llava.conversation import Conversation, SeparatorStyle, conv_templates
 from llava.eval.generation import generate_batch
 from llava.mm_utils import get_model_name_from_path
 from llava.model.builder import load_pretrained_model
-from llava.utils import disable_torch_init
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +135,6 @@ def load_images(image_files: Sequence[str]) -> list[Image.Image]:
 
 def eval_model(args: argparse.Namespace) -> str:
     """Load the model, answer `args.query` about `args.image_file`, print and return the answer."""
-    disable_torch_init()
     model_name = get_model_name_from_path(args.model_path)
     device = resolve_device(args.device)
     tokenizer, model, image_processor, _ = load_pretrained_model(

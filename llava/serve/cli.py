@@ -28,7 +28,6 @@ from llava.eval.run_llava import (
 )
 from llava.mm_utils import get_model_name_from_path, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
-from llava.utils import disable_torch_init
 
 
 def chat(
@@ -97,7 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, input_stream: TextIO | None = None) -> list[str]:
     """Parse flags, load the model and chat over `input_stream` (default: stdin)."""
     args = build_parser().parse_args(argv)
-    disable_torch_init()
     model_name = get_model_name_from_path(args.model_path)
     tokenizer, model, image_processor, _ = load_pretrained_model(
         args.model_path,

@@ -71,10 +71,8 @@ def _load_checkpoint(checkpoint: Checkpoint, model_base: str | None, device: str
     from llava.eval.run_llava import resolve_device
     from llava.mm_utils import get_model_name_from_path
     from llava.model.builder import load_pretrained_model
-    from llava.utils import disable_torch_init
 
-    disable_torch_init()
-    # The loader reads the model kind ("llava", "lora") from the folder name, not from our label.
+    # The loader tells the checkpoint kind from its files; the name is only a hint.
     tokenizer, model, image_processor, _ = load_pretrained_model(
         checkpoint.path, model_base, get_model_name_from_path(checkpoint.path), device=resolve_device(device)
     )
