@@ -93,7 +93,7 @@ class DemoPreset:
 
 
 # Stage 1 learns only the projector (upstream lr 1e-3, kept). Stage 2 trains the whole tiny LLM:
-# upstream's 2e-4 is a 7B fine-tuning rate; the tiny Llama was bootstrapped at 3e-3, so 1e-3 here.
+# upstream's 2e-5 is a 7B fine-tuning rate; the tiny Llama was bootstrapped at 3e-3, so 1e-3 here.
 DEFAULT_PRESET = DemoPreset(
     name="default", world=WorldSpec(n_train=2000, n_eval=200), bootstrap=DEFAULT_SETTINGS,
     stage1=StageSettings(steps=150, batch_size=16, learning_rate=1e-3),
