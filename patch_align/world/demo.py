@@ -581,9 +581,6 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     import torch
     from transformers.utils import logging as transformers_logging
 
-    from patch_align.world.bootstrap import bootstrap_world
-    from patch_align.world.generator import make_world
-
     # the demo prints one line per stage; the in-process loads' bars and notices would bury them
     transformers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
@@ -595,13 +592,14 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
         torch.set_num_threads(1)
     runs = [_RunState(RunSpec(method, seed, out / "runs" / f"{method}-seed{seed}"))
             for seed in range(options.seeds) for method in options.methods]
-    total = 2 + ("sea" in options.methods) + 3 * len(runs) + 3
+    # world, bootstrap, SEA labels, stage 1 + stage 2 + analysis per run, evaluation, report
+    total = 2 + ("sea" in options.methods) + 3 * len(runs) + 2
     clock = StageClock(total, options.progress)
     world, boot_dir = out / "world", out / "bootstrap"
     state: dict[str, Any] = {}
     try:
-        clock.timed("world", lambda: _world_stage(make_world, world, preset, state))
-        clock.timed("bootstrap", lambda: _bootstrap_stage(bootstrap_world, world, boot_dir, preset, state))
+        clock.timed("world", lambda: _world_stage(world, preset, state))
+        clock.timed("bootstrap", lambda: _bootstrap_stage(world, boot_dir, preset, state))
         boot = state["bootstrap"]
         paths = DemoPaths(world=world, clip=boot_dir / boot["clip_dir"], llm=boot_dir / boot["llm_dir"])
         if "sea" in options.methods:
@@ -622,7 +620,9 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     return result
 
 
-def _world_stage(make_world, world: Path, preset: DemoPreset, state: dict[str, Any]) -> str:
+def _world_stage(world: Path, preset: DemoPreset, state: dict[str, Any]) -> str:
+    from patch_align.world.generator import make_world
+
     manifest = make_world(world, preset.world)
     counts = manifest["counts"]
     state["world"] = {"train_images": counts["train"]["images"], "eval_images": counts["eval"]["images"],
@@ -630,8 +630,9 @@ def _world_stage(make_world, world: Path, preset: DemoPreset, state: dict[str, A
     return f"{counts['train']['images']} train / {counts['eval']['images']} held-out images"
 
 
-def _bootstrap_stage(bootstrap_world, world: Path, boot_dir: Path, preset: DemoPreset,
-                     state: dict[str, Any]) -> str:
+def _bootstrap_stage(world: Path, boot_dir: Path, preset: DemoPreset, state: dict[str, Any]) -> str:
+    from patch_align.world.bootstrap import bootstrap_world
+
     report = bootstrap_world(world, boot_dir, preset.bootstrap)
     state["bootstrap"] = report
     clip, llm = report["clip"], report["llm"]
