@@ -84,7 +84,7 @@ def test_stage2_fine_tunes_from_the_runs_own_projector_with_upstream_stage2_flag
     assert _flag(command, "--image_aspect_ratio") == "pad"
     assert _flag(command, "--group_by_modality_length") == "True"
     assert _flag(command, "--report_to") == "wandb"
-    assert _flag(command, "--output_dir") == "/out/runs/sea-seed1/stage2-llava"
+    assert _flag(command, "--output_dir") == "/out/runs/sea-seed1/stage2"
     assert "--tune_mm_mlp_adapter" not in command
 
 
@@ -197,7 +197,7 @@ def _check_artefacts(out: Path, metrics: dict, run_names: list[str]) -> None:
     assert [r["name"] for r in metrics["runs"]] == run_names
     for run in metrics["runs"]:
         assert (out / "runs" / run["name"] / "stage1" / "mm_projector.bin").is_file()
-        assert (out / "runs" / run["name"] / "stage2-llava" / "model.safetensors").is_file()
+        assert (out / "runs" / run["name"] / "stage2" / "model.safetensors").is_file()
         assert (out / "runs" / run["name"] / "analysis" / "report.md").is_file()
         assert all(math.isfinite(v) for v in run["numbers"].values())
     report = (out / "report.md").read_text()

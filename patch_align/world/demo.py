@@ -165,8 +165,7 @@ class RunSpec:
 
     @property
     def stage2(self) -> Path:
-        # "llava" in the folder name: the model loader picks the model kind from the folder name
-        return self.root / "stage2-llava"
+        return self.root / "stage2"
 
     @property
     def analysis(self) -> Path:
