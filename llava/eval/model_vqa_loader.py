@@ -181,6 +181,53 @@ def answer_record(question: dict[str, Any], answer: str, model_id: str) -> dict[
     }
 
 
+def write_answers(
+    loaded: tuple[Any, Any, Any],
+    questions: list[dict[str, Any]],
+    answers_file: str | Path,
+    *,
+    image_folder: str | None,
+    conv_mode: str,
+    settings: GenerationSettings,
+    model_id: str,
+    batch_size: int,
+    num_workers: int = 0,
+    progress: bool = True,
+    desc: str = "questions",
+) -> int:
+    """Answer `questions` in order with `loaded = (tokenizer, model, image_processor)`.
+
+    Appends one upstream answer record per line to `answers_file`, flushed per answer so an
+    interrupted run resumes where it stopped; returns how many were written.
+    """
+    tokenizer, model, image_processor = loaded
+    dataset = QuestionDataset(questions, image_folder, tokenizer, image_processor, model.config, conv_mode)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_keep_as_list
+    )
+    answers_file = Path(answers_file)
+    answers_file.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    bar = tqdm(total=len(questions), desc=desc, unit="q", disable=not progress)
+    with answers_file.open("a") as out, torch.no_grad(), bar:
+        for batch in loader:
+            token_ids = generate_token_ids(
+                model,
+                tokenizer,
+                [item["input_ids"] for item in batch],
+                [item["pixel_values"] for item in batch],
+                [item["image_sizes"] for item in batch],
+                settings,
+            )
+            answers = decode_answers(tokenizer, token_ids, settings.stop_strings)
+            for item, answer in zip(batch, answers, strict=True):
+                out.write(json.dumps(answer_record(item["question"], answer, model_id)) + "\n")
+                out.flush()
+                written += 1
+            bar.update(len(batch))
+    return written
+
+
 def eval_model(args: argparse.Namespace) -> int:
     """Answer this chunk's unanswered questions, appending to `--answers-file`; returns how many."""
     questions = get_chunk(read_questions(args.question_file), args.num_chunks, args.chunk_idx)
@@ -208,33 +255,17 @@ def eval_model(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         stop_strings=(stop_string(new_chat(args.conv_mode)),),
     )
-    dataset = QuestionDataset(
-        todo, args.image_folder, tokenizer, image_processor, model.config, args.conv_mode
-    )
-    loader = DataLoader(
-        dataset,
+    return write_answers(
+        (tokenizer, model, image_processor),
+        todo,
+        answers_file,
+        image_folder=args.image_folder,
+        conv_mode=args.conv_mode,
+        settings=settings,
+        model_id=model_name,
         batch_size=args.batch_size,
-        shuffle=False,
         num_workers=args.num_workers,
-        collate_fn=_keep_as_list,
     )
-    written = 0
-    with answers_file.open("a") as out, torch.no_grad():
-        for batch in tqdm(loader, total=len(loader), desc="questions", unit="batch"):
-            token_ids = generate_token_ids(
-                model,
-                tokenizer,
-                [item["input_ids"] for item in batch],
-                [item["pixel_values"] for item in batch],
-                [item["image_sizes"] for item in batch],
-                settings,
-            )
-            answers = decode_answers(tokenizer, token_ids, settings.stop_strings)
-            for item, answer in zip(batch, answers, strict=True):
-                out.write(json.dumps(answer_record(item["question"], answer, model_name)) + "\n")
-                out.flush()
-                written += 1
-    return written
 
 
 def build_parser() -> argparse.ArgumentParser:
