@@ -40,33 +40,13 @@ def stage1_argv(output_dir, data_path=FIXTURES / "pretrain.json", **flags):
 
 def build_trainer(argv, callbacks=()):
     """What `llava.train.train.train(PatchAlignRecipe())` builds, stopping before `trainer.train()`."""
-    from transformers import HfArgumentParser
+    from llava.train.train import build_trainer as build_llava_trainer
+    from patch_align.recipe import PatchAlignRecipe
 
-    from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments
-    from llava.train.recipe import TrainContext
-    from llava.train.train import attach_vision, load_language_model, load_tokenizer
-    from patch_align.recipe import PatchAlignArguments, PatchAlignRecipe
-
-    recipe = PatchAlignRecipe()
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, PatchAlignArguments))
-    model_args, data_args, training_args, plugin_args = parser.parse_args_into_dataclasses(args=argv)
-    torch.manual_seed(training_args.seed)
-    data_args.version = model_args.version
-    tokenizer = load_tokenizer(model_args, training_args)
-    model = load_language_model(model_args, training_args, None)
-    attach_vision(model, tokenizer, model_args, data_args, training_args)
-    ctx = TrainContext(
-        model_args, data_args, training_args, {"PatchAlignArguments": plugin_args}, tokenizer, model
-    )
-    return recipe.trainer_class(
-        model=model,
-        processing_class=tokenizer,
-        args=training_args,
-        train_dataset=recipe.make_dataset(ctx),
-        data_collator=recipe.make_collator(ctx),
-        callbacks=list(callbacks),
-        **recipe.trainer_kwargs(ctx),
-    )
+    trainer, _ = build_llava_trainer(PatchAlignRecipe(), argv)
+    for callback in callbacks:
+        trainer.add_callback(callback)
+    return trainer
 
 
 class GradientRecorder:

@@ -18,7 +18,7 @@ if __package__ in (None, ""):  # run as a file path, as upstream's launch script
 
 import torch
 import transformers
-from transformers import AutoTokenizer, HfArgumentParser, set_seed
+from transformers import AutoTokenizer, HfArgumentParser, Trainer, set_seed
 
 from llava.model import LlavaLlamaForCausalLM
 from llava.model.builder import resolve_attn_implementation
@@ -163,10 +163,10 @@ def save_trained_model(trainer, model, training_args, ctx: TrainContext) -> None
     trainer.save_model(out)
 
 
-def train(
+def build_trainer(
     recipe: TrainRecipe | None = None, argv: list[str] | None = None, attn_implementation: str | None = None
-) -> None:
-    """Run one LLaVA training from command-line flags (`argv`, default `sys.argv[1:]`)."""
+) -> tuple[Trainer, TrainContext]:
+    """Everything `train()` does before training: flags → tokenizer → model → data → trainer."""
     recipe = recipe or TrainRecipe()
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, *recipe.extra_arguments))
     model_args, data_args, training_args, *extra = parser.parse_args_into_dataclasses(args=argv)
@@ -205,11 +205,20 @@ def train(
         callbacks=recipe.make_callbacks(ctx),
         **recipe.trainer_kwargs(ctx),
     )
+    return trainer, ctx
+
+
+def train(
+    recipe: TrainRecipe | None = None, argv: list[str] | None = None, attn_implementation: str | None = None
+) -> None:
+    """Run one LLaVA training from command-line flags (`argv`, default `sys.argv[1:]`)."""
+    trainer, ctx = build_trainer(recipe, argv, attn_implementation)
+    training_args = ctx.training_args
     resume = any(pathlib.Path(training_args.output_dir).glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if resume else None)
     trainer.save_state()
-    unwrap_peft(model).config.use_cache = True
-    save_trained_model(trainer, model, training_args, ctx)
+    unwrap_peft(ctx.model).config.use_cache = True
+    save_trained_model(trainer, ctx.model, training_args, ctx)
 
 
 if __name__ == "__main__":

@@ -15,20 +15,17 @@ import sys
 import time
 
 import torch
-from transformers import HfArgumentParser
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments  # noqa: E402
-from llava.train.recipe import TrainContext  # noqa: E402
-from llava.train.train import attach_vision, load_language_model, load_tokenizer  # noqa: E402
-from patch_align.recipe import PatchAlignArguments, PatchAlignRecipe  # noqa: E402
+from llava.train.train import build_trainer  # noqa: E402
+from patch_align.recipe import PatchAlignRecipe  # noqa: E402
 from patch_align.trainer import REGION_KEYS  # noqa: E402
 
 REGION_COUNTERS_PREFIX = "pad_regions_"
 
 
-def build_trainer(llm: str, clip: str, data: str, images: str, pad: str, output_dir: str):
+def build_patch_align_trainer(llm: str, clip: str, data: str, images: str, pad: str, output_dir: str):
     argv = [
         "--model_name_or_path",
         llm,
@@ -59,28 +56,11 @@ def build_trainer(llm: str, clip: str, data: str, images: str, pad: str, output_
         "--patch_beta_schedule",
         "constant",
     ]
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, PatchAlignArguments))
-    model_args, data_args, training_args, plugin_args = parser.parse_args_into_dataclasses(args=argv)
-    data_args.version = model_args.version
-    tokenizer = load_tokenizer(model_args, training_args)
-    model = load_language_model(model_args, training_args, None)
-    attach_vision(model, tokenizer, model_args, data_args, training_args)
-    recipe = PatchAlignRecipe()
-    ctx = TrainContext(
-        model_args, data_args, training_args, {"PatchAlignArguments": plugin_args}, tokenizer, model
-    )
-    return recipe.trainer_class(
-        model=model,
-        processing_class=tokenizer,
-        args=training_args,
-        train_dataset=recipe.make_dataset(ctx),
-        data_collator=recipe.make_collator(ctx),
-        **recipe.trainer_kwargs(ctx),
-    )
+    return build_trainer(PatchAlignRecipe(), argv)[0]
 
 
 def main(llm: str, clip: str, data: str, images: str, pad: str, repeats: str = "30") -> None:
-    trainer = build_trainer(llm, clip, data, images, pad, "/tmp/patch_align_step_time")
+    trainer = build_patch_align_trainer(llm, clip, data, images, pad, "/tmp/patch_align_step_time")
     model = trainer.model
     model.train()
     batch = next(iter(trainer.get_train_dataloader()))
