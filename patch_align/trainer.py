@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
+from llava.model.checkpoints import atomic_torch_save
 from llava.train.llava_trainer import LLaVATrainer, unwrap_peft
 from patch_align.data import REGION_COUNTERS
 from patch_align.objectives.label_embedding import LabelEmbeddingCache
@@ -89,10 +90,12 @@ class PatchAlignTrainer(LLaVATrainer):
     ):
         if patch_loss is None and sea_loss is None:
             raise ValueError("PatchAlignTrainer needs patch_loss, sea_loss, or both")
+        self._sea_temperature: SeaTemperature | None = None
         if sea_loss is not None:
-            # before Trainer.__init__, so the temperature moves to the device with the model
-            temperature = SeaTemperature(sea_loss.temperature, sea_loss.learnable_temperature)
-            unwrap_peft(kwargs["model"]).add_module(SEA_TEMPERATURE_MODULE, temperature)
+            # before Trainer.__init__, so the temperature moves to the device with the model;
+            # wrappers (DDP, DeepSpeed, PEFT) keep this module object, so it is kept here too
+            self._sea_temperature = SeaTemperature(sea_loss.temperature, sea_loss.learnable_temperature)
+            unwrap_peft(kwargs["model"]).add_module(SEA_TEMPERATURE_MODULE, self._sea_temperature)
         super().__init__(*args, **kwargs)
         if self.args.n_gpu > 1:
             raise ValueError(
@@ -118,14 +121,6 @@ class PatchAlignTrainer(LLaVATrainer):
         self._window: torch.Tensor | None = None
         self._window_steps: set[int] = set()
         self._region_totals: torch.Tensor | None = None  # since this process started
-
-    @property
-    def beta_callback(self) -> LossWeightCallback:
-        """The weight callback under its patch-cosine name (scripts/tiny/measure_patch_align_step_time.py)."""
-        return self.weight_callback
-
-    def _temperature_module(self) -> SeaTemperature:
-        return getattr(unwrap_peft(self.accelerator.unwrap_model(self.model)), SEA_TEMPERATURE_MODULE)
 
     def get_decay_parameter_names(self, model) -> list[str]:
         # weight decay would pull log τ towards 0, i.e. τ towards 1
@@ -226,7 +221,7 @@ class PatchAlignTrainer(LLaVATrainer):
             pairs["sea_pair_word_ids"],
             self.sea_loss.targets,
             embedding,
-            self._temperature_module()(),
+            self._sea_temperature(),
             token_offset=self.sea_loss.token_offset,
         )
         if training and self._pairs_in_step is not None:
@@ -282,7 +277,7 @@ class PatchAlignTrainer(LLaVATrainer):
             logs.update(
                 loss_sea=sums["sea"] / processes / steps,
                 sea_lambda=self.weight_callback.sea_lambda,
-                sea_temperature=float(self._temperature_module()().detach()),
+                sea_temperature=float(self._sea_temperature().detach()),
                 sea_pairs=pairs / steps,
                 sea_accuracy=sums["sea_correct"] / pairs if pairs else 0.0,
             )
@@ -296,8 +291,8 @@ class PatchAlignTrainer(LLaVATrainer):
         if self.sea_loss is None or not self.args.should_save:
             return
         output_dir = output_dir or self.args.output_dir
-        state = {k: v.detach().cpu().clone() for k, v in self._temperature_module().state_dict().items()}
-        torch.save(state, os.path.join(output_dir, SEA_TEMPERATURE_FILE))
+        state = {k: v.detach().cpu().clone() for k, v in self._sea_temperature.state_dict().items()}
+        atomic_torch_save(state, os.path.join(output_dir, SEA_TEMPERATURE_FILE))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -309,6 +304,6 @@ class PatchAlignTrainer(LLaVATrainer):
                 f"{path} is missing: {resume_from_checkpoint} was not saved by a SEA run, "
                 "so its temperature cannot be restored"
             )
-        target = getattr(unwrap_peft(model if model is not None else self.model), SEA_TEMPERATURE_MODULE)
+        target = self._sea_temperature
         target.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         logger.info("resumed the SEA temperature from %s (tau = %.5f)", path, float(target().detach()))

@@ -19,10 +19,9 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from llava.train.train import build_trainer  # noqa: E402
+from patch_align.data import REGION_COUNTERS  # noqa: E402
 from patch_align.recipe import PatchAlignRecipe  # noqa: E402
 from patch_align.trainer import REGION_KEYS  # noqa: E402
-
-REGION_COUNTERS_PREFIX = "pad_regions_"
 
 
 def build_patch_align_trainer(llm: str, clip: str, data: str, images: str, pad: str, output_dir: str):
@@ -65,12 +64,12 @@ def main(llm: str, clip: str, data: str, images: str, pad: str, repeats: str = "
     model.train()
     batch = next(iter(trainer.get_train_dataloader()))
     caption_inputs = {
-        k: v for k, v in batch.items() if k not in REGION_KEYS and not k.startswith(REGION_COUNTERS_PREFIX)
+        k: v for k, v in batch.items() if k not in (*REGION_KEYS, *REGION_COUNTERS)
     }
     num_items = trainer._get_num_items_in_batch([batch], torch.device("cpu"))
     trainer._regions_in_step = torch.tensor(batch["region_masks"].shape[0])
     trainer.current_gradient_accumulation_steps = 1
-    trainer.beta_callback.beta = 5.0
+    trainer.weight_callback.beta = 5.0
 
     def caption_step():
         model(**caption_inputs, num_items_in_batch=num_items).loss.backward()
