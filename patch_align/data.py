@@ -41,7 +41,7 @@ from patch_align.geometry import (
     processor_transform,
     vision_token_offset,
 )
-from patch_align.objectives.label_embedding import tokenize_label
+from patch_align.objectives.label_embedding import pad_token_ids, tokenize_label
 from patch_align.pad import MaskDecodeError, PadFormatError, PadRecord, decode_region_mask, find_pad_record
 from patch_align.sea.store import SeaLabels
 
@@ -303,13 +303,7 @@ class PadAlignedCollator:
     @staticmethod
     def _add_regions(batch: dict[str, torch.Tensor], instances: list[dict]) -> None:
         masks = [inst["region_masks"] for inst in instances]
-        labels = [ids for inst in instances for ids in inst["region_label_ids"]]
-        longest = max((len(ids) for ids in labels), default=0)
-        label_ids = torch.zeros((len(labels), longest), dtype=torch.long)
-        label_mask = torch.zeros((len(labels), longest), dtype=torch.bool)
-        for row, ids in enumerate(labels):
-            label_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            label_mask[row, : len(ids)] = True
+        label_ids, label_mask = pad_token_ids([ids for inst in instances for ids in inst["region_label_ids"]])
         batch["region_masks"] = torch.cat(masks)
         batch["region_sample_index"] = torch.cat(
             [torch.full((m.shape[0],), sample, dtype=torch.long) for sample, m in enumerate(masks)]

@@ -14,6 +14,8 @@ the loss moves the vision tokens towards the words, never the vocabulary towards
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -21,6 +23,19 @@ from torch import nn
 def tokenize_label(tokenizer, label: str) -> list[int]:
     """Token ids of `label` as a word in running text (no special tokens); [] when it has none."""
     return list(tokenizer(label.strip(), add_special_tokens=False).input_ids)
+
+
+def pad_token_ids(
+    token_lists: Sequence[Sequence[int]], device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged token-id lists → `(ids, mask)`: (R, L_max) zero-padded long ids, (R, L_max) bool real tokens."""
+    width = max((len(ids) for ids in token_lists), default=0)
+    ids = torch.zeros((len(token_lists), width), dtype=torch.long)
+    mask = torch.zeros((len(token_lists), width), dtype=torch.bool)
+    for row, tokens in enumerate(token_lists):
+        ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        mask[row, : len(tokens)] = True
+    return ids.to(device), mask.to(device)
 
 
 def mean_label_embeddings(
@@ -88,12 +103,7 @@ class LabelEmbeddingCache:
         ]
         missing = sorted({k for k in keys if k not in self._targets})
         if missing or partitioned:
-            width = max((len(k) for k in missing), default=0)
-            ids = torch.zeros((len(missing), width), dtype=torch.long, device=label_ids.device)
-            mask = torch.zeros((len(missing), width), dtype=torch.bool, device=label_ids.device)
-            for row, key in enumerate(missing):
-                ids[row, : len(key)] = torch.tensor(key, dtype=torch.long)
-                mask[row, : len(key)] = True
+            ids, mask = pad_token_ids(missing, label_ids.device)
             for key, target in zip(missing, mean_label_embeddings(embedding, ids, mask), strict=True):
                 self._targets[key] = target
         if not keys:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from patch_align.objectives.label_embedding import LabelEmbeddingCache, tokenize_label
+from patch_align.objectives.label_embedding import LabelEmbeddingCache, pad_token_ids, tokenize_label
 
 
 class VocabularyTargets:
@@ -21,12 +21,7 @@ class VocabularyTargets:
         empty = [word for word, ids in zip(words, tokenised, strict=True) if not ids]
         if empty:
             raise ValueError(f"SEA vocabulary words with no tokens under the LLM tokenizer: {empty[:10]}")
-        width = max((len(ids) for ids in tokenised), default=1)
-        self.token_ids = torch.zeros((len(words), width), dtype=torch.long)  # (V, L)
-        self.token_mask = torch.zeros((len(words), width), dtype=torch.bool)  # (V, L)
-        for row, ids in enumerate(tokenised):
-            self.token_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            self.token_mask[row, : len(ids)] = True
+        self.token_ids, self.token_mask = pad_token_ids(tokenised)  # (V, L) each
         self._cache = LabelEmbeddingCache()
 
     def __call__(self, embedding: nn.Module, word_ids: torch.Tensor) -> torch.Tensor:
