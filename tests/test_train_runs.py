@@ -164,6 +164,26 @@ def test_finetune_from_the_pretrained_projector_loads_from_a_neutral_folder(fine
     assert torch.isfinite(out.loss)
 
 
+def test_lora_finetune_writes_only_the_projector_as_non_lora_trainables_and_loads(tiny_setup, tmp_path):
+    from llava.model.builder import load_pretrained_model
+    from llava.model.checkpoints import NON_LORA_FILE
+
+    out = tmp_path / "run-lora"
+    flags = [
+        "--model_name_or_path", str(tiny_setup.llm), "--version", "v1",
+        "--data_path", str(tiny_setup.finetune_json), "--lora_enable", "True", "--lora_r", "4",
+        "--learning_rate", "2e-4", "--per_device_train_batch_size", "2", "--max_steps", "1",
+        "--save_strategy", "no", *upstream_flags(tiny_setup, out),
+    ]
+    assert_succeeded(run_training(["-m", "llava.train.train"], flags))
+    non_lora = torch.load(out / NON_LORA_FILE, weights_only=True)
+    assert set(non_lora) == {f"base_model.model.{key}" for key in PROJECTOR_KEYS}  # model.mm_projector.*
+    _, model, _, _ = load_pretrained_model(str(out), str(tiny_setup.llm), "run-lora", device="cpu")
+    loaded = dict(model.named_parameters())
+    for key, tensor in non_lora.items():
+        assert torch.equal(loaded[key.removeprefix("base_model.model.")], tensor), key
+
+
 @pytest.mark.slow
 def test_resumed_pretrain_ends_where_the_uninterrupted_run_ended(pretrain_dir, tiny_setup, tmp_path):
     # the state of a run stopped right after checkpoint-3: later checkpoints and final files absent

@@ -107,12 +107,17 @@ def gathered_parameters(params: Iterable[nn.Parameter], modifier_rank: int | Non
         yield
 
 
-def state_dict_matching(model: nn.Module, keys: Iterable[str]) -> dict[str, torch.Tensor]:
-    """CPU copies of the named parameters/buffers whose name contains any of `keys` (ZeRO-3 safe)."""
-    keys = tuple(keys)
-    chosen = [(n, p) for n, p in model.named_parameters() if any(k in n for k in keys)]
+def cpu_copies(named_parameters: Iterable[tuple[str, nn.Parameter]]) -> dict[str, torch.Tensor]:
+    """CPU copies of `(name, parameter)` pairs; under ZeRO-3 only these are gathered."""
+    chosen = list(named_parameters)
     with gathered_parameters([p for _, p in chosen]):
         return {n: p.detach().cpu().clone() for n, p in chosen}
+
+
+def state_dict_matching(model: nn.Module, keys: Iterable[str]) -> dict[str, torch.Tensor]:
+    """CPU copies of the named parameters whose name contains any of `keys` (ZeRO-3 safe)."""
+    keys = tuple(keys)
+    return cpu_copies((n, p) for n, p in model.named_parameters() if any(k in n for k in keys))
 
 
 def projector_state_dict(model: nn.Module, extra_keys: Iterable[str] = ()) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ from transformers import AutoTokenizer, HfArgumentParser, Trainer, set_seed
 
 from llava.model import LlavaLlamaForCausalLM
 from llava.model.builder import resolve_attn_implementation
-from llava.model.checkpoints import NON_LORA_FILE, atomic_torch_save, state_dict_matching
+from llava.model.checkpoints import NON_LORA_FILE, atomic_torch_save, cpu_copies
 from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments
 from llava.train.data import conversation_template
 from llava.train.llava_trainer import unwrap_peft
@@ -143,18 +143,17 @@ def attach_vision(model, tokenizer, model_args, data_args, training_args) -> Non
     llava.initialize_vision_tokenizer(model_args, tokenizer=tokenizer)
 
 
-def save_trained_model(trainer, model, training_args, ctx: TrainContext) -> None:
+def save_trained_model(trainer, model, training_args) -> None:
     """Write what upstream writes: projector only (stage 1), LoRA + non-LoRA, or the full model."""
     out = training_args.output_dir
     if getattr(training_args, "tune_mm_mlp_adapter", False):
         trainer.save_model(out)  # LLaVATrainer writes mm_projector.bin + config.json
         return
     if training_args.lora_enable:
-        non_lora = {
-            k: v
-            for k, v in state_dict_matching(model, ("",)).items()
-            if "lora_" not in k and dict(model.named_parameters())[k].requires_grad
-        }
+        # only the trainable non-LoRA tensors (the projector) are gathered and copied
+        non_lora = cpu_copies(
+            (n, p) for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n
+        )
         if training_args.should_save:
             unwrap_peft(model).config.save_pretrained(out)
             model.save_pretrained(out)
@@ -218,7 +217,7 @@ def train(
     trainer.train(resume_from_checkpoint=True if resume else None)
     trainer.save_state()
     unwrap_peft(ctx.model).config.use_cache = True
-    save_trained_model(trainer, ctx.model, training_args, ctx)
+    save_trained_model(trainer, ctx.model, training_args)
 
 
 if __name__ == "__main__":
