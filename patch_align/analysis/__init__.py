@@ -16,6 +16,8 @@ from patch_align.analysis.decomposition import (
     matching_pursuit,
     orthogonal_matching_pursuit,
     precision_recall_of_words,
+    word_match_counts,
+    word_scores,
     word_token_ids,
 )
 from patch_align.analysis.entropy import (
@@ -46,5 +48,7 @@ __all__ = [
     "precision_recall_of_words",
     "predict_region_masks",
     "spectrum_entropy",
+    "word_match_counts",
+    "word_scores",
     "word_token_ids",
 ]

@@ -9,7 +9,7 @@ the stopping rule: docs/metrics.md.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,8 @@ __all__ = [
     "matching_pursuit",
     "orthogonal_matching_pursuit",
     "precision_recall_of_words",
+    "word_match_counts",
+    "word_scores",
     "word_token_ids",
 ]
 
@@ -218,6 +220,49 @@ def _id_sets(per_patch: Sequence[Iterable[int]] | torch.Tensor) -> list[set[int]
     return [{int(i) for i in row if int(i) >= 0} for row in rows]
 
 
+def word_match_counts(
+    recovered: Sequence[Iterable[int]] | torch.Tensor,
+    truth: Sequence[Iterable[int]] | torch.Tensor,
+) -> dict[str, int]:
+    """The sums behind ``precision_recall_of_words``; add them up over batches, then ``word_scores``.
+
+    Per patch p, with sets R_p (recovered, duplicates and negative padding ids dropped) and
+    T_p (true label word ids), over the patches with a non-empty T_p: ``true_positives`` =
+    Σ|R_p ∩ T_p|, ``recovered_total`` = Σ|R_p|, ``truth_total`` = Σ|T_p|, ``patches_scored``;
+    ``patches_skipped_unlabelled`` counts the patches with an empty T_p.
+
+    Args:
+        recovered: P per-patch id collections, or a (P, K) tensor padded with -1.
+        truth: P per-patch id collections, or a (P, K) tensor padded with -1.
+    """
+    recovered_sets, truth_sets = _id_sets(recovered), _id_sets(truth)
+    if len(recovered_sets) != len(truth_sets):
+        raise ValueError(f"recovered has {len(recovered_sets)} patches but truth has {len(truth_sets)}")
+    pairs = [(r, t) for r, t in zip(recovered_sets, truth_sets, strict=True) if t]
+    return {
+        "true_positives": sum(len(r & t) for r, t in pairs),
+        "recovered_total": sum(len(r) for r, _ in pairs),
+        "truth_total": sum(len(t) for _, t in pairs),
+        "patches_scored": len(pairs),
+        "patches_skipped_unlabelled": len(truth_sets) - len(pairs),
+    }
+
+
+def word_scores(counts: Mapping[str, int]) -> dict[str, float | None]:
+    """Micro-averaged ``precision``, ``recall`` and ``f1`` of (summed) ``word_match_counts``.
+
+    ``precision = true_positives / recovered_total``, ``recall = true_positives / truth_total``,
+    ``f1`` their harmonic mean (0 when no word matched); a score whose denominator is 0 is None.
+    """
+    true_positives = counts["true_positives"]
+    precision = true_positives / counts["recovered_total"] if counts["recovered_total"] else None
+    recall = true_positives / counts["truth_total"] if counts["truth_total"] else None
+    f1 = None
+    if precision is not None and recall is not None:
+        f1 = 2 * precision * recall / (precision + recall) if true_positives else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
 def precision_recall_of_words(
     recovered: Sequence[Iterable[int]] | torch.Tensor,
     truth: Sequence[Iterable[int]] | torch.Tensor,
@@ -228,31 +273,16 @@ def precision_recall_of_words(
     T_p (true label word ids): ``precision = Σ|R_p ∩ T_p| / Σ|R_p|``,
     ``recall = Σ|R_p ∩ T_p| / Σ|T_p|``, ``f1`` their harmonic mean (0 when both are 0).
     Patches with an empty T_p carry no label to recover and are skipped (counted).
+    ``word_match_counts`` + ``word_scores``, raising where a score would be undefined.
 
     Args:
         recovered: P per-patch id collections, or a (P, K) tensor padded with -1.
         truth: P per-patch id collections, or a (P, K) tensor padded with -1.
     """
-    recovered_sets, truth_sets = _id_sets(recovered), _id_sets(truth)
-    if len(recovered_sets) != len(truth_sets):
-        raise ValueError(f"recovered has {len(recovered_sets)} patches but truth has {len(truth_sets)}")
-    pairs = [(r, t) for r, t in zip(recovered_sets, truth_sets, strict=True) if t]
-    true_positives = sum(len(r & t) for r, t in pairs)
-    recovered_total = sum(len(r) for r, _ in pairs)
-    truth_total = sum(len(t) for _, t in pairs)
-    if truth_total == 0:
-        raise ValueError(f"none of the {len(truth_sets)} patches has a true label word")
-    if recovered_total == 0:
+    counts = word_match_counts(recovered, truth)
+    if counts["truth_total"] == 0:
+        patches = counts["patches_scored"] + counts["patches_skipped_unlabelled"]
+        raise ValueError(f"none of the {patches} patches has a true label word")
+    if counts["recovered_total"] == 0:
         raise ValueError("no word was recovered for any labelled patch; precision is undefined")
-    precision = true_positives / recovered_total
-    recall = true_positives / truth_total
-    return {
-        "precision": precision,
-        "recall": recall,
-        "f1": 2 * precision * recall / (precision + recall) if true_positives else 0.0,
-        "true_positives": true_positives,
-        "recovered_total": recovered_total,
-        "truth_total": truth_total,
-        "patches_scored": len(pairs),
-        "patches_skipped_unlabelled": len(truth_sets) - len(pairs),
-    }
+    return {**word_scores(counts), **counts}

@@ -30,6 +30,8 @@ from patch_align.analysis.alignment import predict_region_masks as predict_masks
 from patch_align.analysis.decomposition import (
     matching_pursuit,
     orthogonal_matching_pursuit,
+    word_match_counts,
+    word_scores,
     word_token_ids,
 )
 from patch_align.analysis.entropy import SecondMomentAccumulator, compression_report
@@ -214,15 +216,7 @@ class AnalysisAccumulator:
         self._patches = 0
         self._explained_sum = 0.0
         self._atoms_sum = 0
-        self._word_counts = Counter(
-            {
-                "true_positives": 0,
-                "recovered_total": 0,
-                "truth_total": 0,
-                "patches_scored": 0,
-                "patches_skipped_unlabelled": 0,
-            }
-        )
+        self._word_counts = Counter(word_match_counts([], []))  # every count, at 0
         self._label_tokens_outside_dictionary = 0
         self._distance_sum = 0.0
         self._nearest_counts: Counter[int] = Counter()
@@ -298,15 +292,7 @@ class AnalysisAccumulator:
         self._patches += patch_tokens.shape[0]
         self._explained_sum += float(code.explained_variance.sum())
         self._atoms_sum += int(code.atoms_used.sum())
-        for atoms, true_rows in zip(code.atom_ids.tolist(), truth, strict=True):
-            if not true_rows:
-                self._word_counts["patches_skipped_unlabelled"] += 1
-                continue
-            recovered = {a for a in atoms if a >= 0}
-            self._word_counts["true_positives"] += len(recovered & true_rows)
-            self._word_counts["recovered_total"] += len(recovered)
-            self._word_counts["truth_total"] += len(true_rows)
-            self._word_counts["patches_scored"] += 1
+        self._word_counts.update(word_match_counts(code.atom_ids, truth))
 
     def _probe(self, patch_tokens: torch.Tensor, truth: list[set[int]]) -> None:
         nearest, _ = nearest_words(patch_tokens, self.dictionary, top_k=1, chunk_size=self.options.chunk_size)
@@ -339,11 +325,7 @@ class AnalysisAccumulator:
             }
         )
         counts = dict(self._word_counts)
-        precision = recall = f1 = None
-        if counts["truth_total"]:
-            precision = counts["true_positives"] / counts["recovered_total"]
-            recall = counts["true_positives"] / counts["truth_total"]
-            f1 = 2 * precision * recall / (precision + recall) if counts["true_positives"] else 0.0
+        scores = word_scores(counts)
         decomposition = {
             "method": self.options.pursuit,
             "max_atoms": self.options.max_atoms,
@@ -351,9 +333,9 @@ class AnalysisAccumulator:
             "patches": self._patches,
             "mean_explained_variance": self._explained_sum / self._patches,
             "mean_atoms_used": self._atoms_sum / self._patches,
-            "word_precision": precision,
-            "word_recall": recall,
-            "word_f1": f1,
+            "word_precision": scores["precision"],
+            "word_recall": scores["recall"],
+            "word_f1": scores["f1"],
             **counts,
             "label_tokens_outside_dictionary": self._label_tokens_outside_dictionary,
         }
