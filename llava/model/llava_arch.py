@@ -181,7 +181,6 @@ def splice_image_features(
     longest = max(e.shape[0] for e in embeds)
     dim = embeds[0].shape[1]
     device = embeds[0].device
-    out_embeds = embeds[0].new_zeros((batch, longest, dim))
     out_labels = torch.full((batch, longest), IGNORE_INDEX, dtype=labels.dtype, device=device)
     out_mask = torch.zeros((batch, longest), dtype=torch.bool, device=device)
     out_pos = torch.zeros((batch, longest), dtype=torch.long, device=device)
@@ -297,9 +296,9 @@ class LlavaMetaForCausalLM:
                 for p in self.get_output_embeddings().parameters():
                     p.requires_grad = False
             if model_args.pretrain_mm_mlp_adapter:
-                weights = torch.load(
-                    model_args.pretrain_mm_mlp_adapter, map_location="cpu", weights_only=True
-                )
+                from .checkpoints import load_torch_file  # local: keeps the import graph one-way
+
+                weights = load_torch_file(model_args.pretrain_mm_mlp_adapter)
                 if "model.embed_tokens.weight" in weights:
                     src = weights["model.embed_tokens.weight"]
                     dst = self.get_input_embeddings().weight.data
