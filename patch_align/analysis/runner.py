@@ -448,17 +448,6 @@ class AnalysisModel:
         return dictionary.to(self.device), ids, texts
 
 
-def resolve_device(device: str | None) -> str:
-    """``auto``/None → ``cuda`` when available, else ``cpu``; ``cuda`` without a GPU is an error."""
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise AnalysisInputError("--device cuda was asked for but torch sees no CUDA device")
-    if device not in ("cpu", "cuda"):
-        raise AnalysisInputError(f"--device must be auto, cpu or cuda, got {device!r}")
-    return device
-
-
 def load_analysis_model(
     model_path: str | Path,
     model_base: str | Path | None = None,
@@ -469,12 +458,15 @@ def load_analysis_model(
 
     ``model_path`` is a full checkpoint, or a stage-1 projector folder with ``model_base`` its LLM.
     ``projector`` (an ``mm_projector.bin``) then replaces the loaded projector's weights.
+    ``device``: ``auto``/None, ``cpu`` or ``cuda`` (``llava.eval.run_llava.resolve_device``: ``cuda``
+    without a GPU warns and runs on cpu).
     """
+    from llava.eval.run_llava import resolve_device
     from llava.model.builder import load_pretrained_model
     from llava.model.checkpoints import load_projector_file
     from patch_align.data import PatchGrid
 
-    device = resolve_device(device)
+    device = resolve_device(device or "auto")
     tokenizer, model, image_processor, _ = load_pretrained_model(
         str(model_path), str(model_base) if model_base else None, device=device
     )
