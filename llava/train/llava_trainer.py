@@ -10,7 +10,9 @@ from transformers import Trainer
 
 from llava.model.checkpoints import (
     PROJECTOR_FILE,
+    CheckpointKind,
     atomic_torch_save,
+    detect_checkpoint_kind,
     load_projector_file,
     projector_state_dict,
     write_tokenizer,
@@ -86,17 +88,12 @@ class LLaVATrainer(Trainer):
             write_tokenizer(self.processing_class, output_dir or self.args.output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        projector = os.path.join(resume_from_checkpoint, PROJECTOR_FILE)
-        has_weights = any(
-            os.path.exists(os.path.join(resume_from_checkpoint, f))
-            for f in (
-                "model.safetensors",
-                "model.safetensors.index.json",
-                "pytorch_model.bin",
-                "adapter_config.json",
-            )
-        )
-        if os.path.exists(projector) and not has_weights:
+        try:
+            projector_only = detect_checkpoint_kind(resume_from_checkpoint) is CheckpointKind.PROJECTOR
+        except (FileNotFoundError, ValueError):  # not a LLaVA layout (e.g. FSDP shards): the Trainer decides
+            projector_only = False
+        if projector_only:
+            projector = os.path.join(resume_from_checkpoint, PROJECTOR_FILE)
             target = unwrap_peft(model if model is not None else self.model)
             load_projector_file(target.get_model().mm_projector, projector)
             logger.info("resumed projector weights from %s", projector)
