@@ -6,7 +6,8 @@
 
 The run flags sit on the `analyze` parser itself and `compare` is an optional subcommand, so
 both forms parse; the run's required flags are checked once it is clear no subcommand was given.
-Heavy imports (torch, the model) happen only inside the command that needs them.
+The model is loaded only inside the command that needs it; the run flags' defaults are read from
+`AnalysisOptions`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import math
 import sys
 from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +49,12 @@ COMPARED_METRICS = (
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register the `analyze` group (run flags + the `compare` subcommand) on the top-level `subparsers`."""
+    """Register the `analyze` group (run flags + the `compare` subcommand) on the top-level `subparsers`.
+
+    The run flags' defaults are `AnalysisOptions`' own field defaults (one source for both)."""
+    from patch_align.analysis.runner import ON_ERROR, PURSUITS, AnalysisOptions
+
+    default = {option.name: option.default for option in fields(AnalysisOptions)}
     analyze = subparsers.add_parser(
         "analyze",
         help="measure compression, patch alignment and decomposition of a projector",
@@ -64,52 +71,107 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--image-folder", help="folder the PAD records' 'image' paths are relative to")
     source.add_argument("--out", help="output folder (created)")
     run = analyze.add_argument_group("run")
-    run.add_argument("--max-images", type=int, default=None, metavar="N", help="first N PAD records only")
-    run.add_argument("--batch-size", type=int, default=8, metavar="B", help="images per tower forward")
+    run.add_argument(
+        "--max-images", type=int, default=default["max_images"], metavar="N", help="first N PAD records only"
+    )
+    run.add_argument(
+        "--batch-size",
+        type=int,
+        default=default["batch_size"],
+        metavar="B",
+        help="images per tower forward (default %(default)s)",
+    )
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    run.add_argument("--examples", type=int, default=4, metavar="N", help="images to draw (default 4)")
+    run.add_argument(
+        "--examples",
+        type=int,
+        default=default["example_images"],
+        metavar="N",
+        help="images to draw (default %(default)s)",
+    )
     run.add_argument(
         "--on-error",
-        choices=("error", "skip"),
-        default="error",
-        help="a bad PAD record/region: stop (default) or skip and count it",
+        choices=ON_ERROR,
+        default=default["on_error"],
+        help="a bad PAD record/region: stop (error) or skip and count it (default %(default)s)",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     masks = analyze.add_argument_group("region masks (as in training)")
     masks.add_argument(
         "--patch-mask-threshold",
         type=float,
-        default=0.5,
+        default=default["patch_mask_threshold"],
         metavar="TAU",
-        help="min fraction of a patch a region must cover (default 0.5)",
+        help="min fraction of a patch a region must cover (default %(default)s)",
     )
-    masks.add_argument("--patch-mask-fallback", choices=("argmax", "none"), default="argmax")
+    masks.add_argument(
+        "--patch-mask-fallback",
+        choices=("argmax", "none"),
+        default=default["patch_mask_fallback"],
+        help="default %(default)s",
+    )
     entropy = analyze.add_argument_group("matrix entropy")
     entropy.add_argument("--entropy-center", action="store_true", help="use the covariance")
     entropy.add_argument("--no-entropy-normalize", action="store_true", help="do not L2-normalise tokens")
-    entropy.add_argument("--entropy-order", type=float, default=1.0, help="Rényi order (1 = von Neumann)")
+    entropy.add_argument(
+        "--entropy-order",
+        type=float,
+        default=default["entropy_order"],
+        help="Rényi order, 1 = von Neumann (default %(default)s)",
+    )
     align = analyze.add_argument_group("alignment")
-    align.add_argument("--assign", choices=("argmax", "threshold"), default="argmax")
+    align.add_argument(
+        "--assign", choices=("argmax", "threshold"), default=default["assign"], help="default %(default)s"
+    )
     align.add_argument(
         "--background-threshold",
         type=float,
-        default=None,
+        default=default["background_threshold"],
         help="argmax: patches whose best cosine is below it get no label",
     )
-    align.add_argument("--threshold-k", type=float, default=1.0, help="threshold: t = mean + k·std per map")
-    align.add_argument("--fixed-threshold", type=float, default=None, help="threshold: one t for all maps")
+    align.add_argument(
+        "--threshold-k",
+        type=float,
+        default=default["threshold_k"],
+        help="threshold: t = mean + k·std per map (default %(default)s)",
+    )
+    align.add_argument(
+        "--fixed-threshold",
+        type=float,
+        default=default["fixed_threshold"],
+        help="threshold: one t for all maps",
+    )
     pursuit = analyze.add_argument_group("decomposition and probes")
-    pursuit.add_argument("--pursuit", choices=("omp", "mp"), default="omp")
-    pursuit.add_argument("--max-atoms", type=int, default=8)
-    pursuit.add_argument("--residual-tol", type=float, default=1e-3, help="stop once ||r||/||x|| <= this")
-    pursuit.add_argument("--chunk-size", type=int, default=256, help="tokens per pursuit/probe chunk")
-    pursuit.add_argument("--word-min-chars", type=int, default=2)
+    pursuit.add_argument(
+        "--pursuit", choices=PURSUITS, default=default["pursuit"], help="default %(default)s"
+    )
+    pursuit.add_argument("--max-atoms", type=int, default=default["max_atoms"], help="default %(default)s")
+    pursuit.add_argument(
+        "--residual-tol",
+        type=float,
+        default=default["residual_tol"],
+        help="stop once ||r||/||x|| <= this (default %(default)s)",
+    )
+    pursuit.add_argument(
+        "--chunk-size",
+        type=int,
+        default=default["chunk_size"],
+        help="tokens per pursuit/probe chunk (default %(default)s)",
+    )
+    pursuit.add_argument(
+        "--word-min-chars", type=int, default=default["word_min_chars"], help="default %(default)s"
+    )
     pursuit.add_argument(
         "--allow-non-alpha-words",
         action="store_true",
         help="keep word pieces with any letter, not only all-letter ones",
     )
-    pursuit.add_argument("--words-per-patch", type=int, default=2, help="MP words drawn per patch")
+    pursuit.add_argument(
+        "--words-per-patch",
+        type=int,
+        default=default["words_per_patch"],
+        help="MP words drawn per patch (default %(default)s)",
+    )
     analyze.set_defaults(func=lambda args: run_command(args, analyze))
 
     commands = analyze.add_subparsers(dest="analyze_command", metavar="compare")
@@ -124,17 +186,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def options_from_args(args: argparse.Namespace):
-    """The `AnalysisOptions` the run flags describe."""
+    """The `AnalysisOptions` the run flags describe (an on/off flag not given keeps the field's default)."""
     from patch_align.analysis.runner import AnalysisOptions
 
+    switches = {
+        "entropy_center": True if args.entropy_center else None,
+        "entropy_normalize": False if args.no_entropy_normalize else None,
+        "word_alpha_only": False if args.allow_non_alpha_words else None,
+    }
     return AnalysisOptions(
         batch_size=args.batch_size,
         max_images=args.max_images,
         patch_mask_threshold=args.patch_mask_threshold,
         patch_mask_fallback=args.patch_mask_fallback,
         on_error=args.on_error,
-        entropy_center=args.entropy_center,
-        entropy_normalize=not args.no_entropy_normalize,
         entropy_order=args.entropy_order,
         assign=args.assign,
         background_threshold=args.background_threshold,
@@ -145,9 +210,9 @@ def options_from_args(args: argparse.Namespace):
         residual_tol=args.residual_tol,
         chunk_size=args.chunk_size,
         word_min_chars=args.word_min_chars,
-        word_alpha_only=not args.allow_non_alpha_words,
         example_images=args.examples,
         words_per_patch=args.words_per_patch,
+        **{name: value for name, value in switches.items() if value is not None},
     )
 
 
@@ -207,12 +272,14 @@ def _table(rows: list[tuple[str, Any]]) -> list[str]:
 
 def format_report(metrics: Mapping[str, Any]) -> str:
     """report.md of one run: its inputs, every metric section as a table, and its figures."""
+    from patch_align.analysis.figures import MIOU_NO_ALIGNMENT
+
     run, data = metrics["run"], metrics["data"]
     miou = metrics["alignment"]["miou"]
     verdict = (
-        "below 0.15: the projector shows no real patch-level alignment (PA)"
-        if miou < 0.15
-        else "at or above PA's 0.15 no-alignment line"
+        f"below {MIOU_NO_ALIGNMENT}: the projector shows no real patch-level alignment (PA)"
+        if miou < MIOU_NO_ALIGNMENT
+        else f"at or above PA's {MIOU_NO_ALIGNMENT} no-alignment line"
     )
     lines = [
         "# Analysis report",
