@@ -228,6 +228,29 @@ class LlavaMetaForCausalLM:
             features = features.to(weight.dtype)
         return projector(features)
 
+    def splice_multimodal(
+        self, input_ids, attention_mask, labels, images, padding_side: str
+    ) -> tuple[SpliceResult, torch.Tensor | None]:
+        """Encode `images` (when given and the model has a tower) and splice them into the embeddings.
+
+        Rows are padded on `padding_side` and cut to `tokenizer_model_max_length` (with a warning).
+        Returns the splice and the projected image tokens (B_img, N, D), or None without images.
+        """
+        projected = None
+        if images is not None and self.get_vision_tower() is not None:
+            projected = self.encode_images(images)
+        spliced = splice_image_features(
+            input_ids,
+            attention_mask,
+            labels,
+            None if projected is None else list(projected.unbind(0)),
+            self.get_model().embed_tokens,
+            padding_side=padding_side,
+            max_length=getattr(self.config, "tokenizer_model_max_length", None),
+        )
+        warn_if_truncated(spliced, self.config)
+        return spliced, projected
+
     def prepare_inputs_labels_for_multimodal(
         self,
         input_ids,
@@ -252,18 +275,13 @@ class LlavaMetaForCausalLM:
         if tower is None or images is None or input_ids.shape[1] == 1:
             result = (input_ids, position_ids, attention_mask, past_key_values, None, labels)
             return (*result, None) if return_image_features else result
-        projected = self.encode_images(images)
-        features = list(projected.unbind(0))
-        spliced = splice_image_features(
+        spliced, projected = self.splice_multimodal(
             input_ids,
             attention_mask,
             labels,
-            features,
-            self.get_model().embed_tokens,
-            padding_side=padding_side or getattr(self.config, "tokenizer_padding_side", "right"),
-            max_length=getattr(self.config, "tokenizer_model_max_length", None),
+            images,
+            padding_side or getattr(self.config, "tokenizer_padding_side", "right"),
         )
-        warn_if_truncated(spliced, self.config)
         needs_mask = attention_mask is not None or not bool(spliced.attention_mask.all())
         new_mask = None
         if needs_mask:

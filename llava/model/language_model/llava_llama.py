@@ -8,7 +8,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, LlamaModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ..llava_arch import LlavaMetaForCausalLM, LlavaMetaModel, splice_image_features, warn_if_truncated
+from ..llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
 
 
 class LlavaConfig(LlamaConfig):
@@ -116,19 +116,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
             raise ValueError("generate needs the prompt ids as `inputs` (positional) or `input_ids`")
         attention_mask = kwargs.pop("attention_mask", None)
         kwargs.pop("position_ids", None)  # recomputed from the re-padded mask by generate()
-        features = None
-        if images is not None and self.get_vision_tower() is not None:
-            features = list(self.encode_images(images).unbind(0))
-        spliced = splice_image_features(
-            inputs,
-            attention_mask,
-            None,
-            features,
-            self.get_model().embed_tokens,
-            padding_side="left",
-            max_length=getattr(self.config, "tokenizer_model_max_length", None),
-        )
-        warn_if_truncated(spliced, self.config)
+        spliced, _ = self.splice_multimodal(inputs, attention_mask, None, images, padding_side="left")
         return super().generate(
             inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask, **kwargs
         )
