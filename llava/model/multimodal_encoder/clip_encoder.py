@@ -42,22 +42,17 @@ class CLIPVisionTower(nn.Module):
         else:
             self.cfg_only = CLIPVisionConfig.from_pretrained(self.vision_tower_name)
 
-    def load_model(self, device_map=None, dtype: torch.dtype | None = None) -> None:
+    def load_model(self) -> None:
         """Load processor and weights from `vision_tower_name`; the tower is frozen."""
         if self.is_loaded:
             return
         self.image_processor = CLIPImageProcessor.from_pretrained(self.vision_tower_name)
-        kwargs = {"device_map": device_map} if device_map is not None else {}
-        if dtype is not None:
-            kwargs["dtype"] = dtype
         # A full CLIPModel folder also holds the text tower: its keys are expected to be unused,
         # so the load report is silenced and only missing vision weights are an error.
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            tower, info = CLIPVisionModel.from_pretrained(
-                self.vision_tower_name, output_loading_info=True, **kwargs
-            )
+            tower, info = CLIPVisionModel.from_pretrained(self.vision_tower_name, output_loading_info=True)
         finally:
             hf_logging.set_verbosity(verbosity)
         if info["missing_keys"]:
