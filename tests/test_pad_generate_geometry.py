@@ -16,8 +16,8 @@ from patch_align.pad.generate.detectors import (
     select_detections,
     tag_token_spans,
 )
-from patch_align.pad.generate.segmenters import boxes_to_sam_frame, encode_mask, sam_masks_to_original
-from patch_align.pad.masks import decode_segmentation
+from patch_align.pad.generate.segmenters import boxes_to_sam_frame, sam_masks_to_original
+from patch_align.pad.masks import decode_segmentation, encode_mask
 
 # A box centred at (0.5, 0.25) of size (0.5, 0.5), in normalised (cx, cy, w, h).
 BOX = torch.tensor([[0.5, 0.25, 0.5, 0.5]])

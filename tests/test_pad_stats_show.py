@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from patch_align.cli import main
-from patch_align.pad.generate.segmenters import encode_mask
+from patch_align.pad.masks import encode_mask
 from patch_align.pad.reader import iter_pad_records
 from patch_align.pad.schema import parse_pad_record
 from patch_align.pad.show import MASK_OPACITY, PALETTE, render_overlay, show_records

@@ -3,7 +3,7 @@
 The validator lives in `patch_align.pad.validate` (it pulls in PIL and tqdm); the names
 below are what a training dataset needs.
 """
-from patch_align.pad.masks import MaskDecodeError, MaskSizeError, decode_region_mask
+from patch_align.pad.masks import MaskDecodeError, MaskSizeError, decode_region_mask, encode_mask
 from patch_align.pad.reader import find_pad_record, iter_pad_records, load_pad_index
 from patch_align.pad.schema import PAD_VERSION, PadFormatError, PadRecord, PadRegion
 
@@ -15,6 +15,7 @@ __all__ = [
     "PadRecord",
     "PadRegion",
     "decode_region_mask",
+    "encode_mask",
     "find_pad_record",
     "iter_pad_records",
     "load_pad_index",

@@ -1,10 +1,12 @@
-"""Decoding a PAD region's segmentation into a boolean mask, via pycocotools.
+"""Decoding a PAD region's segmentation into a boolean mask, and encoding a mask as one, via pycocotools.
 
 pycocotools trusts its input: RLE counts that do not add up to height × width decode
 to garbage (or read past the buffer) without an error, so the counts are checked here
 first, and every failure raises with a message that says what is wrong.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 from pycocotools import mask as coco_mask
@@ -48,6 +50,21 @@ def compressed_rle_counts(counts: str) -> list[int]:
     if shift:
         raise MaskDecodeError("RLE string ends inside a run length")
     return runs
+
+
+def encode_mask(mask: np.ndarray) -> tuple[dict[str, Any], list[float], int]:
+    """A (H, W) bool mask as (COCO compressed RLE with ASCII counts, tight [x, y, w, h] box, area px).
+
+    The RLE is JSON-ready (`size` ints, `counts` a str); the box is COCO's `toBbox` (floats, all
+    zeros for an empty mask).
+    """
+    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    bbox = [float(v) for v in coco_mask.toBbox(rle)]
+    return (
+        {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
+        bbox,
+        int(coco_mask.area(rle)),
+    )
 
 
 def _check_polygons(polygons: list[list[float]]) -> None:

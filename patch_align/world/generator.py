@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.eval.rec import (
@@ -35,6 +34,7 @@ from llava.eval.rec import (
     build_rec_questions,
     format_box,
 )
+from patch_align.pad.masks import encode_mask
 from patch_align.world.scene import (
     Scene,
     SceneSpec,
@@ -128,18 +128,12 @@ def render_world_image(spec: WorldSpec, split: str, index: int) -> RenderedImage
                          measure_objects(scene, id_map), rng)
 
 
-def encode_mask(mask: np.ndarray) -> dict[str, Any]:
-    """(H, W) bool → compressed COCO RLE with `counts` as a str (JSON-ready)."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
 def pad_record(item: RenderedImage) -> dict[str, Any]:
     regions = []
     for obj in item.objects:
         x1, y1, x2, y2 = obj.bbox_xyxy
         regions.append({"label": label(obj), "bbox": [x1, y1, x2 - x1, y2 - y1],
-                        "segmentation": encode_mask(item.id_map == obj.index + 1), "source": "world"})
+                        "segmentation": encode_mask(item.id_map == obj.index + 1)[0], "source": "world"})
     return {"id": item.image_id, "image": item.image, "width": item.scene.width,
             "height": item.scene.height, "regions": regions}
 

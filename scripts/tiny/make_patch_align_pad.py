@@ -13,12 +13,11 @@ import sys
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as coco_mask
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from llava.tiny import BOX_COLOURS  # noqa: E402
-from patch_align.pad import PAD_VERSION  # noqa: E402
+from patch_align.pad import PAD_VERSION, encode_mask  # noqa: E402
 
 
 def box_regions(image: np.ndarray) -> list[dict]:
@@ -28,21 +27,12 @@ def box_regions(image: np.ndarray) -> list[dict]:
         mask = np.all(image == np.array(colour, dtype=np.uint8), axis=-1)
         if not mask.any():
             continue
-        rows, cols = np.nonzero(mask)
-        rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+        segmentation, bbox, _ = encode_mask(mask)
         regions.append(
             {
                 "label": f"{name} box",
-                "bbox": [
-                    int(cols.min()),
-                    int(rows.min()),
-                    int(cols.max() - cols.min() + 1),
-                    int(rows.max() - rows.min() + 1),
-                ],
-                "segmentation": {
-                    "size": [int(v) for v in rle["size"]],
-                    "counts": rle["counts"].decode("ascii"),
-                },
+                "bbox": [int(v) for v in bbox],  # whole pixels, as this file has always written them
+                "segmentation": segmentation,
                 "score": 1.0,
                 "source": "tiny-colour-mask",
             }

@@ -24,9 +24,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from patch_align.pad.generate.items import ImageItem
-from patch_align.pad.generate.segmenters import encode_mask
 from patch_align.pad.generate.shards import ShardWriter, shard_indices, shard_stem
 from patch_align.pad.generate.taggers import SampleInfo
+from patch_align.pad.masks import encode_mask
 
 logger = logging.getLogger(__name__)
 

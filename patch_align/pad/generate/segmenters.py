@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pycocotools import mask as coco_mask
 
 
 @dataclass(frozen=True)
@@ -53,17 +52,6 @@ def sam_masks_to_original(
     logits = logits[..., : resized_hw[0], : resized_hw[1]]
     logits = F.interpolate(logits, size=original_hw, mode="bilinear", align_corners=False)
     return logits[:, 0] > 0
-
-
-def encode_mask(mask: np.ndarray) -> tuple[dict[str, Any], list[float], int]:
-    """A (H, W) bool mask as (COCO compressed RLE with ASCII counts, tight [x, y, w, h] box, area px)."""
-    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
-    bbox = [float(v) for v in coco_mask.toBbox(rle)]
-    return (
-        {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
-        bbox,
-        int(coco_mask.area(rle)),
-    )
 
 
 class SamSegmenter:
