@@ -17,15 +17,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from llava.conversation import conv_templates
+
 # Bump whenever a builder's output changes, so cached setups are rebuilt.
 TINY_BUILDER_VERSION = 1
 
-VICUNA_SYSTEM_PROMPTS = (
-    "A chat between a curious user and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the user's questions.",
-    "A chat between a curious human and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the human's questions.",
-)
+# The system prompts the tiny tokenizer must know (the vicuna_v1 and llava_v1 chat templates).
+VICUNA_SYSTEM_PROMPTS = (conv_templates["vicuna_v1"].system, conv_templates["llava_v1"].system)
 
 BOX_COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),

@@ -16,24 +16,29 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from llava.eval.vqa_metrics import Metric, score_answers
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a JSONL file; blank lines are skipped, a malformed line is an error naming it."""
-    records = []
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """`(line number, record)` of a JSONL file; blank lines are skipped, a malformed line is an error."""
     with Path(path).open() as f:
         for line_number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg})") from error
-    return records
+            yield line_number, record
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a JSONL file; blank lines are skipped, a malformed line is an error naming it."""
+    return [record for _, record in iter_jsonl(path)]
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:

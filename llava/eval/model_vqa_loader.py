@@ -22,7 +22,6 @@ import math
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -30,9 +29,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from llava.eval.generation import GenerationSettings, decode_answers, generate_token_ids
+from llava.eval.eval_vqa import iter_jsonl
+from llava.eval.generation import GenerationSettings, decode_answers, encode_images, generate_token_ids
 from llava.eval.run_llava import image_query, new_chat, resolve_device, single_turn_prompt, stop_string
-from llava.mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
+from llava.mm_utils import get_model_name_from_path, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
 
 logger = logging.getLogger(__name__)
@@ -57,21 +57,14 @@ def get_chunk(items: Sequence[Any], n: int, k: int) -> list[Any]:
 def read_questions(path: str | Path) -> list[dict[str, Any]]:
     """Question records of a JSONL file; a malformed or incomplete record is an error naming its line."""
     questions, seen = [], set()
-    with Path(path).open() as lines:
-        for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg})") from error
-            missing = [key for key in ("question_id", "text") if key not in record]
-            if missing:
-                raise ValueError(f"{path}:{line_number}: question record lacks {missing}")
-            if record["question_id"] in seen:
-                raise ValueError(f"{path}:{line_number}: duplicate question_id {record['question_id']!r}")
-            seen.add(record["question_id"])
-            questions.append(record)
+    for line_number, record in iter_jsonl(path):
+        missing = [key for key in ("question_id", "text") if key not in record]
+        if missing:
+            raise ValueError(f"{path}:{line_number}: question record lacks {missing}")
+        if record["question_id"] in seen:
+            raise ValueError(f"{path}:{line_number}: duplicate question_id {record['question_id']!r}")
+        seen.add(record["question_id"])
+        questions.append(record)
     return questions
 
 
@@ -127,8 +120,7 @@ class QuestionDataset(Dataset):
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         # Only what the workers need from the config, so it pickles cheaply.
-        aspect = getattr(model_config, "image_aspect_ratio", None)
-        self.image_config = SimpleNamespace(image_aspect_ratio=aspect)
+        self.image_aspect_ratio = getattr(model_config, "image_aspect_ratio", None)
         self.use_start_end = getattr(model_config, "mm_use_im_start_end", False)
         self.conv_mode = conv_mode
 
@@ -159,7 +151,7 @@ class QuestionDataset(Dataset):
         }
         if has_image:
             image = self._load_image(question)
-            item["pixel_values"] = process_images([image], self.image_processor, self.image_config)
+            item["pixel_values"] = encode_images([image], self.image_processor, self.image_aspect_ratio)
             item["image_sizes"] = [image.size]
         return item
 
