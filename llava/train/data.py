@@ -7,7 +7,6 @@ truncates to `tokenizer.model_max_length`, and stacks images (B, 3, H, W).
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -108,7 +107,7 @@ class LazySupervisedDataset(Dataset):
     def get_item(self, i: int) -> dict[str, torch.Tensor]:
         sample = self.list_data_dict[i]
         has_image = "image" in sample
-        conversations = copy.deepcopy(sample["conversations"])
+        conversations = sample["conversations"]  # only read: preprocess_multimodal returns new turns
         if has_image:
             conversations = preprocess_multimodal(
                 conversations,
