@@ -26,6 +26,7 @@ stacks the SEA labels to `sea_word_ids` / `sea_scores` (B, N_grid, n).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,80 @@ class PatchGrid:
         """Vision tokens per image N (patches, plus CLS with `cls_patch`)."""
         rows, cols = self.grid_shape
         return rows * cols + vision_token_offset(self.select_feature)
+
+    @classmethod
+    def of_tower(
+        cls, tower: Any, aspect_mode: str, image_processor: Any, select_feature: str = "patch"
+    ) -> PatchGrid:
+        """The grid of a loaded vision tower (its `config.patch_size`); raises `ValueError` when the
+        processor's crop does not give the tower's `num_patches_per_side` square grid."""
+        grid = cls(
+            aspect_mode=aspect_mode,
+            image_processor=image_processor,
+            patch_size=tower.config.patch_size,
+            select_feature=select_feature,
+        )
+        if grid.grid_shape != (tower.num_patches_per_side, tower.num_patches_per_side):
+            raise ValueError(
+                f"the image processor's crop gives a {grid.grid_shape} patch grid, the vision tower "
+                f"{tower.num_patches_per_side}x{tower.num_patches_per_side}"
+            )
+        return grid
+
+
+@dataclass(frozen=True, eq=False)
+class RegionPatches:
+    """One PAD region on the patch grid (see `region_patches`).
+
+    `owned` (G_h·G_w,) bool, row-major: the patches the region owns; all False when the region
+    has no patch in the model's view (`outside`). `used_fallback`: no patch reached τ and the
+    fallback gave it its best one. `problem`: why the region is bad PAD data (`owned` is then None).
+    """
+
+    index: int
+    label: str
+    label_ids: list[int]
+    owned: np.ndarray | None = None
+    used_fallback: bool = False
+    problem: str | None = None
+
+    @property
+    def outside(self) -> bool:
+        return self.owned is not None and not self.owned.any()
+
+
+def region_patches(
+    record: PadRecord,
+    grid: PatchGrid,
+    tokenize: Callable[[str], list[int]],
+    threshold: float,
+    fallback: str = "argmax",
+) -> Iterator[RegionPatches]:
+    """Each region of `record`, in order, on `grid`: the one region geometry of training and analysis.
+
+    A region whose label has no tokens (`tokenize`), whose mask does not decode (or has the
+    wrong size) or is empty comes with a `problem` naming it; the others are pooled onto the
+    patches (`mask_to_patch_coverage`) and given their patches with threshold τ and `fallback`
+    (`coverage_to_patch_mask`). Lazy, so a caller that stops at a problem decodes nothing more.
+    """
+    transform = processor_transform(record.width, record.height, grid.aspect_mode, grid.image_processor)
+    for index, region in enumerate(record.regions):
+        where = f"region {index} ({region.label!r})"
+        ids = tokenize(region.label)
+        if not ids:
+            yield RegionPatches(index, region.label, ids, problem=f"{where}: label has no tokens")
+            continue
+        try:
+            mask = decode_region_mask(region, record.height, record.width)
+        except MaskDecodeError as err:
+            yield RegionPatches(index, region.label, ids, problem=f"{where}: {err}")
+            continue
+        if not mask.any():
+            yield RegionPatches(index, region.label, ids, problem=f"{where}: empty mask")
+            continue
+        coverage = mask_to_patch_coverage(mask, transform, patch_size=grid.patch_size)
+        owned, used_fallback = coverage_to_patch_mask(coverage, threshold, fallback)
+        yield RegionPatches(index, region.label, ids, owned.reshape(-1), used_fallback)
 
 
 @dataclass
@@ -241,38 +316,22 @@ class PadAlignedDataset(LazySupervisedDataset):
             )
             return self._no_regions(len(record.regions))
 
-        transform = processor_transform(
-            record.width, record.height, self.grid.aspect_mode, self.grid.image_processor
-        )
         offset = vision_token_offset(self.grid.select_feature)
         masks, label_ids = [], []
         targets = self._no_regions()
-        for index, region in enumerate(record.regions):
-            ids = self._tokenize(region.label)
-            if not ids:
-                self._bad(record.id, f"region {index}: label {region.label!r} has no tokens", 1)
+        for region in region_patches(record, self.grid, self._tokenize, self.threshold, self.fallback):
+            if region.problem is not None:
+                self._bad(record.id, region.problem, 1)
                 targets.skipped += 1
                 continue
-            try:
-                mask = decode_region_mask(region, record.height, record.width)
-            except MaskDecodeError as err:
-                self._bad(record.id, f"region {index} ({region.label!r}): {err}", 1)
-                targets.skipped += 1
-                continue
-            if not mask.any():
-                self._bad(record.id, f"region {index} ({region.label!r}): empty mask", 1)
-                targets.skipped += 1
-                continue
-            coverage = mask_to_patch_coverage(mask, transform, patch_size=self.grid.patch_size)
-            owned, used_fallback = coverage_to_patch_mask(coverage, self.threshold, self.fallback)
-            if not owned.any():
+            if region.outside:
                 targets.outside += 1
                 continue
-            targets.fallback += int(used_fallback)
+            targets.fallback += int(region.used_fallback)
             token_mask = torch.zeros(self.grid.num_tokens, dtype=torch.bool)
-            token_mask[offset:] = torch.from_numpy(owned.reshape(-1))
+            token_mask[offset:] = torch.from_numpy(region.owned)
             masks.append(token_mask)
-            label_ids.append(ids)
+            label_ids.append(region.label_ids)
         if masks:
             targets.masks = torch.stack(masks)
             targets.label_ids = label_ids

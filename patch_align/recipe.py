@@ -140,17 +140,12 @@ class PatchAlignRecipe(TrainRecipe):
         tower = unwrap_peft(ctx.model).get_vision_tower()
         if tower is None:
             raise ValueError("patch-aligned training needs --vision_tower")
-        grid = PatchGrid(
+        grid = PatchGrid.of_tower(
+            tower,
             aspect_mode=ctx.data_args.image_aspect_ratio,
             image_processor=ctx.data_args.image_processor,
-            patch_size=tower.config.patch_size,
             select_feature=ctx.model_args.mm_vision_select_feature,
         )
-        if grid.grid_shape != (tower.num_patches_per_side, tower.num_patches_per_side):
-            raise ValueError(
-                f"the image processor's crop gives a {grid.grid_shape} patch grid, the vision tower "
-                f"{tower.num_patches_per_side}x{tower.num_patches_per_side}"
-            )
         return PadAlignedDataset(
             ctx.data_args.data_path,
             ctx.tokenizer,

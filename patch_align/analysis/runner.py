@@ -4,8 +4,9 @@ Data flow per batch of B images: pixels (B, 3, H, W) → vision tower → vision
 → projector → projected tokens (B, N, D). Entropies see all N tokens the LLM receives; the
 per-patch metrics (alignment, decomposition, probes) see the G·G grid patches (the CLS token,
 present with ``mm_vision_select_feature=cls_patch``, belongs to no patch). Region masks use the
-same geometry as patch-aligned training (``patch_align.data.PatchGrid``): the model config's
-``image_aspect_ratio``, the tower's processor sizes and patch size, threshold τ and fallback.
+same geometry code as patch-aligned training (``patch_align.data.PatchGrid.of_tower`` and
+``region_patches``): the model config's ``image_aspect_ratio``, the tower's processor sizes and
+patch size, threshold τ and fallback.
 
 Memory does not grow with the number of images: tokens are consumed batch by batch and only
 fixed-size sums (plus a few example images for the figures) are kept.
@@ -40,12 +41,11 @@ from patch_align.geometry import (
     DEFAULT_PATCH_MASK_THRESHOLD,
     ImageTransform,
     coverage_to_patch_mask,
-    mask_to_patch_coverage,
     processor_transform,
     vision_token_offset,
 )
 from patch_align.objectives.label_embedding import mean_label_embeddings, tokenize_label
-from patch_align.pad import MaskDecodeError, PadRecord, decode_region_mask, iter_pad_records
+from patch_align.pad import PadRecord, iter_pad_records
 
 logger = logging.getLogger(__name__)
 
@@ -483,17 +483,15 @@ def load_analysis_model(
             f"{model_path}: image_aspect_ratio {aspect!r} is not supported (pad or square)"
         )
     tower = model.get_vision_tower()
-    grid = PatchGrid(
-        aspect_mode=aspect,
-        image_processor=image_processor,
-        patch_size=tower.config.patch_size,
-        select_feature=getattr(model.config, "mm_vision_select_feature", "patch"),
-    )
-    if grid.grid_shape != (tower.num_patches_per_side, tower.num_patches_per_side):
-        raise AnalysisInputError(
-            f"the image processor's crop gives a {grid.grid_shape} patch grid, the vision "
-            f"tower {tower.num_patches_per_side}x{tower.num_patches_per_side}"
+    try:
+        grid = PatchGrid.of_tower(
+            tower,
+            aspect_mode=aspect,
+            image_processor=image_processor,
+            select_feature=getattr(model.config, "mm_vision_select_feature", "patch"),
         )
+    except ValueError as err:
+        raise AnalysisInputError(str(err)) from err
     source = {
         "model_path": str(model_path),
         "model_base": str(model_base) if model_base else None,
@@ -502,19 +500,6 @@ def load_analysis_model(
     return AnalysisModel(
         tokenizer=tokenizer, model=model, grid=grid, device=torch.device(tower.device), source=source
     )
-
-
-def _region_mask(record: PadRecord, region, label_ids: list[int]) -> tuple[np.ndarray | None, str]:
-    """The region's (H, W) bool mask, or None and why it cannot be used."""
-    if not label_ids:
-        return None, f"label {region.label!r} has no tokens"
-    try:
-        mask = decode_region_mask(region, record.height, record.width)
-    except MaskDecodeError as err:
-        return None, str(err)
-    if not mask.any():
-        return None, "empty mask"
-    return mask, ""
 
 
 def prepare_image(
@@ -526,6 +511,7 @@ def prepare_image(
 ) -> PreparedImage | None:
     """Pixels and region masks of one record (None when the record is skipped under ``on_error=skip``)."""
     from llava.mm_utils import process_images
+    from patch_align.data import region_patches
 
     def bad(reason: str) -> None:
         if options.on_error == "error":
@@ -552,25 +538,26 @@ def prepare_image(
     grid = analysis.grid
     transform = processor_transform(record.width, record.height, grid.aspect_mode, grid.image_processor)
     labels, label_ids, masks = [], [], []
-    for index, region in enumerate(record.regions):
-        ids = tokenize_label(analysis.tokenizer, region.label)
-        mask, reason = _region_mask(record, region, ids)
-        if mask is None:
-            bad(f"region {index} ({region.label!r}): {reason}")
+    regions = region_patches(
+        record,
+        grid,
+        lambda label: tokenize_label(analysis.tokenizer, label),
+        options.patch_mask_threshold,
+        options.patch_mask_fallback,
+    )
+    for region in regions:
+        if region.problem is not None:
+            bad(region.problem)
             counts.skipped_bad += 1
             continue
-        coverage = mask_to_patch_coverage(mask, transform, patch_size=grid.patch_size)
-        owned, used_fallback = coverage_to_patch_mask(
-            coverage, options.patch_mask_threshold, options.patch_mask_fallback
-        )
-        if not owned.any():
+        if region.outside:
             counts.outside_view += 1
             continue
-        counts.fallback += int(used_fallback)
+        counts.fallback += int(region.used_fallback)
         counts.used += 1
         labels.append(region.label)
-        label_ids.append(ids)
-        masks.append(torch.from_numpy(owned.reshape(-1)))
+        label_ids.append(region.label_ids)
+        masks.append(torch.from_numpy(region.owned))
     rows, cols = grid.grid_shape
     stacked = torch.stack(masks) if masks else torch.zeros((0, rows * cols), dtype=torch.bool)
     pixels = process_images([image], grid.image_processor, analysis.model.config)[0]
