@@ -26,6 +26,7 @@ from llava.constants import (
     IGNORE_INDEX,
     IMAGE_TOKEN_INDEX,
 )
+from llava.paths import absolute_if_local
 
 from .multimodal_encoder.builder import build_vision_tower
 from .multimodal_projector.builder import build_vision_projector
@@ -67,7 +68,8 @@ class LlavaMetaModel:
         projector if absent, and loads `model_args.pretrain_mm_mlp_adapter` if given.
         """
         config = self.config
-        config.mm_vision_tower = model_args.vision_tower
+        # absolute when local: the checkpoint loads the same from any working directory (llava/paths.py)
+        config.mm_vision_tower = absolute_if_local(model_args.vision_tower)
         config.mm_vision_select_layer = model_args.mm_vision_select_layer
         config.mm_vision_select_feature = model_args.mm_vision_select_feature
         config.mm_patch_merge_type = model_args.mm_patch_merge_type
