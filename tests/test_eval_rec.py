@@ -189,6 +189,21 @@ def test_score_rec_rejects_duplicate_question_ids():
         score_rec([_question(1, "val"), _question(1, "val")], {})
 
 
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("bbox", [10, 10, 5, 20], r"'bbox' has x2 < x1 or y2 < y1"),
+    ("bbox", [0, 0, 5], r"'bbox' must be four numbers \[x1, y1, x2, y2\], got \[0, 0, 5\]"),
+    ("bbox", "0 0 5 5", r"'bbox' must be four numbers"),
+    ("bbox", [0, 0, float("nan"), 5], r"'bbox' must be four numbers"),
+    ("width", 0, r"'width' must be a positive number, got 0"),
+    ("height", "100", r"'height' must be a positive number, got '100'"),
+    ("split", 1, r"'split' must be a string, got 1"),
+])
+def test_rec_ground_truth_that_cannot_be_scored_is_an_error_naming_question_and_field(field, value, message):
+    question = {**_question(7, "val"), field: value}
+    with pytest.raises(ValueError, match=rf"REC question 7: {message}"):
+        score_rec([_question(1, "val"), question], {})
+
+
 def test_eval_rec_cli_prints_a_per_split_table_and_writes_json(tmp_path, capsys):
     question_file = tmp_path / "q.jsonl"
     question_file.write_text("".join(json.dumps(q) + "\n" for q in HAND_QUESTIONS))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from llava.eval.eval_vqa import ground_truth_for, load_answer_texts, read_records
+from llava.eval.eval_vqa import load_answer_texts, load_ground_truth
 from llava.eval.rec import (
     ReferringRegion,
     box_to_padded_normalized,
@@ -92,9 +94,10 @@ def _never_load(*args, **kwargs):
 @pytest.fixture(scope="module")
 def suite_files(golden_dir, tmp_path_factory) -> dict:
     """The tiny suite's files (no model run); `checkpoint` is the golden tiny LLaVA."""
-    folder = tmp_path_factory.mktemp("suite")
-    suite_path = _write_suite_files(folder, golden_dir / "fixtures-437" / "images")
-    return {"folder": folder, "suite": suite_path, "checkpoint": str(golden_dir / "llava-v1.5-tiny")}
+    folder, images = tmp_path_factory.mktemp("suite"), golden_dir / "fixtures-437" / "images"
+    suite_path = _write_suite_files(folder, images)
+    return {"folder": folder, "suite": suite_path, "checkpoint": str(golden_dir / "llava-v1.5-tiny"),
+            "images": images}
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +149,7 @@ def test_metrics_equal_the_scorers_called_directly_on_the_answer_files(suite_run
                                                "acc@0.5 val": rec["splits"]["val"]["accuracy"]}
         for task, metric, annotation, key in (("vqav2", "vqa", "vqa_annotations.jsonl", "vqa_acc"),
                                               ("sqa", "option", "mc_answers.json", "option_acc")):
-            truth = ground_truth_for(read_records(folder / annotation), metric, annotation)
+            truth = load_ground_truth(folder / annotation, metric)
             direct = score_answers(truth, load_answer_texts(out / name / task / "answers.jsonl"), metric)
             assert tasks[task]["scores"] == direct
             assert tasks[task]["metrics"] == {key: direct["accuracy"]}
@@ -230,6 +233,149 @@ def test_a_missing_task_file_fails_before_any_model_loads_naming_task_and_file(
     assert not (tmp_path / "out").exists()
 
 
+def _eval_exit(suite: Path, checkpoint: str, out: Path, capsys) -> tuple[int, str]:
+    """`patch-align eval` on one checkpoint → (exit code, stderr)."""
+    code = patch_align_main(["eval", "--suite", str(suite), "--model-path", checkpoint, "--out", str(out),
+                             "--device", "cpu", "--no-progress"])
+    return code, capsys.readouterr().err
+
+
+def _bad_truth_task(case: str, folder: Path, tmp_path: Path) -> tuple[dict, str]:
+    """(suite task, expected error) of one task whose ground truth is wrong in one record."""
+    if case == "vqa answers as a string":
+        _write_jsonl(tmp_path / "ann.jsonl", [{"question_id": 0, "answers": HUMAN_ANSWERS},
+                                              {"question_id": 1, "answers": "red"},
+                                              {"question_id": 2, "answers": HUMAN_ANSWERS}])
+        return ({"name": "v", "type": "vqa", "question_file": str(folder / "vqa_questions.jsonl"),
+                 "annotation_file": "ann.jsonl"},
+                r"ann\.jsonl: line 2: question 1: 'answers' must be a list of human answers, got str 'red'")
+    if case == "mc answer not a letter":
+        (tmp_path / "mc.json").write_text(json.dumps({"m0": {"answer": "A"}, "m1": {"answer": 7.5}}))
+        return ({"name": "m", "type": "mc", "question_file": str(folder / "mc_questions.jsonl"),
+                 "annotation_file": "mc.json"},
+                r"mc\.json: key 'm1': question m1: 'answer': option answer must be a letter or an index")
+    if case == "caption references as a string":
+        (tmp_path / "refs.json").write_text(json.dumps({"c0": "a red box", "c1": ["two boxes"]}))
+        return ({"name": "c", "type": "caption", "question_file": str(folder / "caption_questions.jsonl"),
+                 "annotation_file": "refs.json"},
+                r"refs\.json: references of id 'c0' must be a non-empty list of strings, got 'a red box'")
+    questions = _read_jsonl(folder / "rec.jsonl")
+    questions[1]["bbox"] = [30, 20, 10, 5]
+    _write_jsonl(tmp_path / "rec.jsonl", questions)
+    return ({"name": "r", "type": "rec", "question_file": "rec.jsonl"},
+            r"rec\.jsonl: REC question 101: 'bbox' has x2 < x1 or y2 < y1")
+
+
+@pytest.mark.parametrize("case", ["vqa answers as a string", "mc answer not a letter",
+                                  "caption references as a string", "rec box corners swapped"])
+def test_bad_ground_truth_fails_before_any_model_loads_naming_file_record_and_field(
+    suite_files, tmp_path, monkeypatch, capsys, case
+):
+    monkeypatch.setattr(runner, "_load_checkpoint", _never_load)
+    task, message = _bad_truth_task(case, suite_files["folder"], tmp_path)
+    suite = tmp_path / "suite.json"
+    suite.write_text(json.dumps({"defaults": {"image_folder": str(suite_files["images"])}, "tasks": [task]}))
+    code, error = _eval_exit(suite, suite_files["checkpoint"], tmp_path / "out", capsys)
+    assert code == 1
+    assert re.search(rf"patch-align eval: error: task '{task['name']}': .*{message}", error), error
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_images_fail_before_any_model_loads_counted_and_named_by_question(
+    suite_files, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(runner, "_load_checkpoint", _never_load)
+    _write_jsonl(tmp_path / "q.jsonl", [
+        {"question_id": 0, "image": "img000.png", "text": "?"},
+        {"question_id": 1, "image": "absent.png", "text": "?"},
+        {"question_id": 2, "text": "text only"},
+        {"question_id": 3, "image": ["img001.png"], "text": "?"}])
+    _write_jsonl(tmp_path / "a.jsonl", [{"question_id": i, "answer": "red"} for i in range(4)])
+    suite = tmp_path / "suite.json"
+    suite.write_text(json.dumps({"tasks": [{"name": "g", "type": "gqa", "question_file": "q.jsonl",
+                                            "annotation_file": "a.jsonl",
+                                            "image_folder": str(suite_files["images"])}]}))
+    code, error = _eval_exit(suite, suite_files["checkpoint"], tmp_path / "out", capsys)
+    assert code == 1
+    assert f"task 'g': {tmp_path / 'q.jsonl'}: 2 of 4 questions have no readable image file:" in error
+    assert f"question 1: image not found: {suite_files['images'] / 'absent.png'}" in error
+    assert "question 3: 'image' must be a path string, got ['img001.png']" in error
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("files", "message"), [
+    ({"README.md": "notes"}, r"is not a LLaVA checkpoint: expected model weights"),
+    ({"model.safetensors": ""}, r"config\.json is missing"),
+    ({"model.safetensors": "", "config.json": "{not json"}, r"config\.json is not valid JSON"),
+])
+def test_a_folder_that_holds_no_checkpoint_fails_before_any_model_loads(
+    suite_files, tmp_path, monkeypatch, capsys, files, message
+):
+    monkeypatch.setattr(runner, "_load_checkpoint", _never_load)
+    folder = tmp_path / "not_a_checkpoint"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    code, error = _eval_exit(suite_files["suite"], str(folder), tmp_path / "out", capsys)
+    assert code == 1
+    assert re.search(rf"error: checkpoint 'not_a_checkpoint': .*{message}", error), error
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_caption_task_without_pycocoevalcap_fails_when_prepared_saying_how_to_install(
+    suite_files, monkeypatch
+):
+    monkeypatch.delitem(sys.modules, "llava.eval.caption_metrics", raising=False)
+    monkeypatch.setitem(sys.modules, "pycocoevalcap.bleu.bleu", None)  # what an absent package does
+    task = next(t for t in load_suite(suite_files["suite"]).tasks if t.type == "caption")
+    with pytest.raises(SuiteError, match=r"task 'coco_caption': caption metrics need pycocoevalcap: "
+                                         r"pip install 'patch-align\[eval\]'"):
+        prepare_task(task)
+
+
+def test_a_suite_run_from_another_directory_reads_its_files_from_the_suite_folder(
+    suite_files, tmp_path, monkeypatch
+):
+    """Relative paths in the suite (question, annotation and image folder alike) resolve against the
+    suite file's folder; the working directory and how the suite path is spelled do not matter."""
+    monkeypatch.setattr(runner, "_load_checkpoint", _never_load)
+    suite_folder, elsewhere = tmp_path / "suites" / "tiny", tmp_path / "elsewhere"
+    (suite_folder / "images").mkdir(parents=True)
+    elsewhere.mkdir()
+    (suite_folder / "images" / "a.png").write_bytes((suite_files["images"] / "img000.png").read_bytes())
+    _write_jsonl(suite_folder / "q.jsonl", [{"question_id": 0, "image": "a.png", "text": "Colour?"}])
+    _write_jsonl(suite_folder / "truth.jsonl", [{"question_id": 0, "answer": "red"}])
+    (suite_folder / "suite.yaml").write_text(
+        "tasks:\n  - {name: g, type: gqa, question_file: q.jsonl, annotation_file: truth.jsonl,"
+        " image_folder: images}\n")
+    out = elsewhere / "out"
+    # Every question answered already, so the checkpoint is never loaded.
+    (out / "base" / "g").mkdir(parents=True)
+    _write_jsonl(out / "base" / "g" / "answers.jsonl", [{"question_id": 0, "prompt": "Colour?", "text": "Red",
+                                                         "answer_id": "x", "model_id": "seeded",
+                                                         "metadata": {}}])
+    monkeypatch.chdir(elsewhere)
+    task = load_suite("../suites/tiny/suite.yaml").tasks[0]
+    paths = (task.question_file, task.annotation_file, task.image_folder)
+    assert all(path.is_absolute() for path in paths)  # still right if the working directory changes later
+    assert [path.resolve() for path in paths] == [suite_folder / "q.jsonl", suite_folder / "truth.jsonl",
+                                                  suite_folder / "images"]
+    code = patch_align_main(["eval", "--suite", "../suites/tiny/suite.yaml", "--model-path",
+                             f"base={suite_files['checkpoint']}", "--out", "out", "--no-progress"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["checkpoints"]["base"]["tasks"]["g"]["metrics"] == {"exact_match": 1.0}
+
+
+def test_eval_help_states_that_suite_paths_resolve_against_the_suite_folder(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        patch_align_main(["eval", "--help"])
+    assert exit_info.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "relative paths in it are resolved against the suite file's folder, not the working directory" \
+        in help_text
+
+
 def test_a_question_without_ground_truth_names_the_annotation_file(suite_files, tmp_path):
     annotation = _write_jsonl(tmp_path / "short.jsonl", [{"question_id": 0, "answers": HUMAN_ANSWERS}])
     suite = json.loads(suite_files["suite"].read_text())
@@ -243,7 +389,7 @@ def test_a_question_without_ground_truth_names_the_annotation_file(suite_files, 
 
 def test_splits_and_limit_select_questions_in_file_order(suite_files, tmp_path):
     suite = {"tasks": [{"name": "r", "type": "rec", "question_file": str(suite_files["folder"] / "rec.jsonl"),
-                        "splits": ["val"]}]}
+                        "image_folder": str(suite_files["images"]), "splits": ["val"]}]}
     (tmp_path / "s.yaml").write_text(json.dumps(suite))  # JSON is valid YAML
     task = load_suite(tmp_path / "s.yaml").tasks[0]
     assert [q["question_id"] for q in prepare_task(task).questions] == [100, 101]

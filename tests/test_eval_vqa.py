@@ -139,7 +139,7 @@ def test_eval_vqa_names_the_file_and_question_missing_answers(tmp_path):
     annotations.write_text(json.dumps({"question_id": 5, "answer": "A"}) + "\n")
     results = tmp_path / "answers.jsonl"
     _write_answers(results, {5: "A"})
-    with pytest.raises(ValueError, match=r"ann\.jsonl: question 5 lacks 'answers'"):
+    with pytest.raises(ValueError, match=r"ann\.jsonl: line 1: question 5: lacks 'answers'"):
         eval_vqa.main(["--annotation-file", str(annotations), "--result-file", str(results),
                        "--metric", "vqa"])
 
@@ -148,4 +148,58 @@ def test_malformed_answer_line_is_reported_with_its_line_number(tmp_path):
     results = tmp_path / "answers.jsonl"
     results.write_text('{"question_id": 1, "text": "A"}\n{not json\n')
     with pytest.raises(ValueError, match=r"answers\.jsonl:2"):
+        eval_vqa.load_answer_texts(results)
+
+
+def _jsonl(path, records):
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+@pytest.mark.parametrize(("metric", "record", "message"), [
+    # a string would iterate into the three one-letter human answers "y", "e", "s"
+    ("vqa", {"question_id": 7, "answers": "yes"},
+     r"'answers' must be a list of human answers, got str 'yes'"),
+    ("vqa", {"question_id": 7, "answers": ["yes", 5]}, r"'answers'\[1\] must be a string or \{\"answer\""),
+    ("vqa", {"question_id": 7, "answers": [{"answer": None}, "no"]}, r"'answers'\[0\] must be a string"),
+    ("vqa", {"question_id": 7, "answers": ["yes"]},
+     r"'answers' must hold at least 2 human answers \(VQA accuracy\), got 1"),
+    ("exact", {"question_id": 7, "answer": 3}, r"'answer' must be a string, got int 3"),
+    ("option", {"question_id": 7, "answer": "AB"}, r"'answer': option answer must be a single letter"),
+    ("option", {"question_id": 7, "answer": True}, r"'answer': option answer must be a letter or an index"),
+])
+def test_bad_ground_truth_is_an_error_naming_file_line_question_and_field(tmp_path, metric, record, message):
+    annotations = _jsonl(tmp_path / "ann.jsonl", [{"question_id": 6, "answers": ["a", "b"], "answer": "A"},
+                                                  record])
+    with pytest.raises(ValueError, match=rf"ann\.jsonl: line 2: question 7: {message}"):
+        eval_vqa.load_ground_truth(annotations, metric)
+
+
+def test_ground_truth_locations_are_records_of_a_json_list_and_keys_of_an_id_keyed_object(tmp_path):
+    (tmp_path / "list.json").write_text(json.dumps([{"question_id": 1, "answer": "a"}, {"question_id": 2}]))
+    with pytest.raises(ValueError, match=r"list\.json: record 2: question 2: lacks 'answer'"):
+        eval_vqa.load_ground_truth(tmp_path / "list.json", "exact")
+    (tmp_path / "keyed.json").write_text(json.dumps({"q1": {"answer": "bus"}, "q2": "left"}))
+    with pytest.raises(ValueError, match=r"keyed\.json: key 'q2': expected an object holding 'answer'"):
+        eval_vqa.load_ground_truth(tmp_path / "keyed.json", "exact")
+
+
+def test_a_question_with_two_ground_truth_records_is_an_error_naming_both_places(tmp_path):
+    annotations = _jsonl(tmp_path / "ann.jsonl", [{"question_id": 1, "answer": "a"},
+                                                  {"question_id": "1", "answer": "b"}])
+    message = r"ann\.jsonl: line 2: question 1 already has ground truth \(line 1\)"
+    with pytest.raises(ValueError, match=message):
+        eval_vqa.load_ground_truth(annotations, "exact")
+
+
+def test_checked_ground_truth_holds_the_human_answer_strings(tmp_path):
+    annotations = _jsonl(tmp_path / "ann.jsonl", [{"question_id": 1, "answers": [{"answer": "2"}, "two"]},
+                                                  {"question_id": 2, "answers": ["no", "no", "yes"]}])
+    assert eval_vqa.load_ground_truth(annotations, "vqa") == {"1": ["2", "two"], "2": ["no", "no", "yes"]}
+
+
+def test_an_answer_whose_text_is_not_a_string_is_an_error_naming_its_line(tmp_path):
+    results = _jsonl(tmp_path / "answers.jsonl",
+                     [{"question_id": 1, "text": "A"}, {"question_id": 2, "text": 3}])
+    with pytest.raises(ValueError, match=r"answers\.jsonl:2: question 2: 'text' must be a string, got 3"):
         eval_vqa.load_answer_texts(results)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from llava.eval import model_vqa_loader
 from llava.eval.model_vqa_loader import get_chunk, main, read_questions, repair_answers_file, split_list
 
 QUESTIONS = [
@@ -89,6 +90,50 @@ def test_corrupt_line_inside_the_answers_file_is_an_error_naming_it(tmp_path):
 def test_missing_answers_file_means_nothing_answered(tmp_path):
     assert repair_answers_file(tmp_path / "absent.jsonl") == set()
     assert not (tmp_path / "absent.jsonl").exists()
+
+
+def _never_load(*args, **kwargs):
+    raise AssertionError("a model was loaded")
+
+
+def _main_exit(argv: list[str], capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_missing_images_exit_2_before_the_model_loads_counting_them_and_naming_question_and_path(
+    golden_dir, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(model_vqa_loader, "load_pretrained_model", _never_load)
+    images = golden_dir / "fixtures-437" / "images"
+    absent = [{"question_id": 10 + i, "image": f"absent{i}.png", "text": "?"} for i in range(6)]
+    questions = _write_jsonl(tmp_path / "q.jsonl", [*QUESTIONS, *absent])
+    code, error = _main_exit(["--model-path", str(golden_dir / "llava-v1.5-tiny"), "--image-folder",
+                              str(images), "--question-file", str(questions),
+                              "--answers-file", str(tmp_path / "a.jsonl")], capsys)
+    assert code == 2
+    assert "error: 6 of 11 questions have no readable image file:" in error
+    assert f"question 10: image not found: {images / 'absent0.png'}" in error
+    assert f"question 14: image not found: {images / 'absent4.png'}" in error
+    assert "absent5.png" not in error and error.rstrip().endswith("...")  # five listed, all counted
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--conv-mode", "vicuna_v9"], "unknown conversation mode 'vicuna_v9'"),
+    (["--image-folder", ""],
+     "4 of 5 questions have no readable image file:\n"
+     "  question 1 has an image but no image folder was given"),
+    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+])
+def test_bad_flags_exit_2_before_the_model_loads(golden_dir, tmp_path, monkeypatch, capsys, extra, message):
+    monkeypatch.setattr(model_vqa_loader, "load_pretrained_model", _never_load)
+    questions = _write_jsonl(tmp_path / "q.jsonl", QUESTIONS)
+    code, error = _main_exit(["--model-path", str(golden_dir / "llava-v1.5-tiny"), "--image-folder",
+                              str(golden_dir / "fixtures-437" / "images"), "--question-file", str(questions),
+                              "--answers-file", str(tmp_path / "a.jsonl"), *extra], capsys)
+    assert code == 2
+    assert f"error: {message}" in error
 
 
 def test_answers_file_has_upstream_record_shape_in_question_order(run_loader, tmp_path):

@@ -8,10 +8,12 @@ Every skip is logged and named in the result under "skipped".
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
 from collections.abc import Mapping
+from pathlib import Path
 
 try:
     from pycocoevalcap.bleu.bleu import Bleu
@@ -62,6 +64,28 @@ def tokenize_captions(captions: Mapping[str, list[str]], use_java: bool) -> dict
     return {key: [" ".join(simple_tokenize(c)) for c in texts] for key, texts in captions.items()}
 
 
+def check_references(references: Mapping[str, object], source: str = "references") -> None:
+    """Every id's references must be a non-empty list of strings; the error names `source` and the id."""
+    for key, refs in references.items():
+        if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs):
+            raise ValueError(f"{source}: references of id {key!r} must be a non-empty list of strings, "
+                             f"got {refs!r}")
+
+
+def read_references(path: str | Path) -> dict[str, list[str]]:
+    """A references file (JSON object: id → reference captions) read and checked; ids become strings."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object mapping question id to reference captions, "
+                         f"got {type(data).__name__}")
+    references = {str(key): refs for key, refs in data.items()}
+    check_references(references, str(path))
+    return references
+
+
 def _check_inputs(references: Mapping[str, list[str]], predictions: Mapping[str, str]) -> None:
     if not predictions:
         raise ValueError("no predictions to score")
@@ -71,9 +95,8 @@ def _check_inputs(references: Mapping[str, list[str]], predictions: Mapping[str,
         raise ValueError(f"{len(without_refs)} predictions have no references, e.g. id {without_refs[0]!r}")
     if without_pred:
         raise ValueError(f"{len(without_pred)} references have no prediction, e.g. id {without_pred[0]!r}")
-    for key, refs in references.items():
-        if not refs or not all(isinstance(r, str) for r in refs):
-            raise ValueError(f"references of id {key!r} must be a non-empty list of strings")
+    check_references(references)
+    for key in references:
         if not isinstance(predictions[key], str):
             kind = type(predictions[key]).__name__
             raise TypeError(f"prediction of id {key!r} must be a string, got {kind}")

@@ -68,6 +68,40 @@ def read_questions(path: str | Path) -> list[dict[str, Any]]:
     return questions
 
 
+MAX_LISTED = 5  # problems listed in one error message; the count covers them all
+
+
+def question_image_path(question: dict[str, Any], image_folder: str | Path | None) -> Path:
+    """Where an image question's `image` lies under `image_folder`; ValueError naming the question."""
+    image, name = question["image"], f"question {question['question_id']!r}"
+    if not isinstance(image, str):
+        raise ValueError(f"{name}: 'image' must be a path string, got {image!r}")
+    if not image_folder:
+        raise ValueError(f"{name} has an image but no image folder was given")
+    return Path(image_folder) / image
+
+
+def check_question_images(questions: Sequence[dict[str, Any]], image_folder: str | Path | None) -> None:
+    """Every image question's file must exist: one ValueError counting and listing those that do not.
+
+    Cheap (one stat per image), so it runs before a model loads instead of failing in a DataLoader worker.
+    """
+    problems = []
+    for question in questions:
+        if not question.get("image"):
+            continue
+        try:
+            path = question_image_path(question, image_folder)
+        except ValueError as error:
+            problems.append(str(error))
+            continue
+        if not path.is_file():
+            problems.append(f"question {question['question_id']!r}: image not found: {path}")
+    if problems:
+        listed = "\n  ".join(problems[:MAX_LISTED]) + ("\n  ..." if len(problems) > MAX_LISTED else "")
+        raise ValueError(f"{len(problems)} of {len(questions)} questions have no readable image file:\n  {listed}")
+
+
 def repair_answers_file(path: str | Path) -> set[Any]:
     """Question ids already answered in `path` (empty when it does not exist).
 
@@ -128,11 +162,9 @@ class QuestionDataset(Dataset):
         return len(self.questions)
 
     def _load_image(self, question: dict[str, Any]) -> Image.Image:
-        if self.image_folder is None:
-            raise ValueError(f"question {question['question_id']!r} has an image but no --image-folder")
         if self.image_processor is None:
             raise ValueError(f"question {question['question_id']!r} has an image but the model is text-only")
-        path = self.image_folder / question["image"]
+        path = question_image_path(question, self.image_folder)
         if not path.is_file():
             raise FileNotFoundError(f"question {question['question_id']!r}: image not found: {path}")
         with Image.open(path) as image:
@@ -220,8 +252,12 @@ def write_answers(
     return written
 
 
-def eval_model(args: argparse.Namespace) -> int:
-    """Answer this chunk's unanswered questions, appending to `--answers-file`; returns how many."""
+def pending_chunk(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """This chunk's questions not yet in `--answers-file`, checked without a model.
+
+    Raises ValueError/OSError for an unknown `--conv-mode`, a bad question file or a missing image.
+    """
+    new_chat(args.conv_mode)
     questions = get_chunk(read_questions(args.question_file), args.num_chunks, args.chunk_idx)
     answers_file = Path(args.answers_file)
     answers_file.parent.mkdir(parents=True, exist_ok=True)
@@ -231,6 +267,15 @@ def eval_model(args: argparse.Namespace) -> int:
         "chunk %d of %d: %d questions, %d already answered in %s",
         args.chunk_idx, args.num_chunks, len(questions), len(questions) - len(todo), answers_file,
     )
+    check_question_images(todo, args.image_folder)
+    return todo
+
+
+def eval_model(args: argparse.Namespace, todo: list[dict[str, Any]] | None = None) -> int:
+    """Answer `todo` (default: `pending_chunk(args)`), appending to `--answers-file`; returns how many."""
+    if todo is None:
+        todo = pending_chunk(args)
+    answers_file = Path(args.answers_file)
     if not todo:
         answers_file.touch()
         return 0
@@ -281,11 +326,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Parse flags, check the inputs (exit 2 naming the problem) and only then load the model."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.batch_size < 1:
-        raise SystemExit(f"--batch-size must be >= 1, got {args.batch_size}")
-    new_chat(args.conv_mode)  # an unknown --conv-mode fails before the model is loaded
-    return eval_model(args)
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    try:
+        todo = pending_chunk(args)
+    except (OSError, ValueError) as error:
+        parser.error(str(error))
+    return eval_model(args, todo)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ Answer parsing rules (`parse_box`):
 """
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -188,6 +189,37 @@ def build_rec_questions(
     return questions
 
 
+REC_TRUTH_FIELDS = ("split", "bbox", "width", "height")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_rec_question(question: Mapping[str, Any]) -> None:
+    """Raise ValueError naming the question and the field when its ground truth cannot be scored.
+
+    Needed: `question_id`; `split` a string; `width`, `height` positive numbers; `bbox` four
+    finite numbers `[x1, y1, x2, y2]` with x1 <= x2 and y1 <= y2 (pixels of the original image).
+    """
+    if "question_id" not in question:
+        raise ValueError(f"REC question lacks 'question_id': {dict(question)}")
+    name = f"REC question {question['question_id']!r}"
+    lacking = [key for key in REC_TRUTH_FIELDS if key not in question]
+    if lacking:
+        raise ValueError(f"{name} lacks {lacking}")
+    if not isinstance(question["split"], str):
+        raise ValueError(f"{name}: 'split' must be a string, got {question['split']!r}")
+    for key in ("width", "height"):
+        if not _is_number(question[key]) or question[key] <= 0:
+            raise ValueError(f"{name}: '{key}' must be a positive number, got {question[key]!r}")
+    box = question["bbox"]
+    if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(_is_number(v) for v in box):
+        raise ValueError(f"{name}: 'bbox' must be four numbers [x1, y1, x2, y2], got {box!r}")
+    if box[2] < box[0] or box[3] < box[1]:
+        raise ValueError(f"{name}: 'bbox' has x2 < x1 or y2 < y1 (it must be xyxy pixels): {list(box)}")
+
+
 def _empty_tally() -> dict[str, Any]:
     return {"total": 0, "correct": 0, "parse_failures": 0, "missing": 0}
 
@@ -212,9 +244,7 @@ def score_rec(
     missing: list[Any] = []
     seen: set[str] = set()
     for question in questions:
-        for key in ("question_id", "split", "bbox", "width", "height"):
-            if key not in question:
-                raise ValueError(f"REC question {question.get('question_id', question)!r} lacks {key!r}")
+        check_rec_question(question)
         qid = str(question["question_id"])
         if qid in seen:
             raise ValueError(f"duplicate REC question_id {qid!r}")

@@ -4,7 +4,9 @@
                      [--model-base BASE] [--batch-size B] [--device D] [--max-new-tokens N] [--limit N]
 
 Writes OUT/results.{json,md,png} and OUT/<checkpoint>/<task>/{answers.jsonl,scores.json};
-a re-run resumes from the answers files. docs/evaluation.md describes suites and scorers.
+a re-run resumes from the answers files. Relative paths inside the suite file are resolved
+against the suite file's folder (not the working directory). docs/evaluation.md describes
+suites and scorers.
 """
 from __future__ import annotations
 
@@ -21,7 +23,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Answer every task of a suite with every checkpoint (resumable), score the answers and "
         "write results.json, results.md and results.png.",
     )
-    parser.add_argument("--suite", required=True, help="suite file (.yaml, .yml or .json)")
+    parser.add_argument(
+        "--suite", required=True,
+        help="suite file (.yaml, .yml or .json); relative paths in it are resolved against the suite "
+        "file's folder, not the working directory",
+    )
     parser.add_argument(
         "--model-path", required=True, action="append", metavar="[NAME=]PATH",
         help="checkpoint folder, optionally named (default name: the folder's); repeat to compare",

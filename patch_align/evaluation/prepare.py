@@ -137,11 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "score-captions":
-        from llava.eval.caption_metrics import score_captions
+        from llava.eval.caption_metrics import read_references, score_captions
         from llava.eval.eval_vqa import load_answer_texts
 
-        references = {str(k): v for k, v in _read_json(args.references).items()}
-        scores = score_captions(references, load_answer_texts(args.result_file))
+        scores = score_captions(read_references(args.references), load_answer_texts(args.result_file))
         print(json.dumps(scores, indent=2))
         if args.out:
             Path(args.out).write_text(json.dumps(scores, indent=2) + "\n")

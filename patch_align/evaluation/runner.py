@@ -53,7 +53,10 @@ def parse_checkpoint(value: str) -> Checkpoint:
 
 
 def check_checkpoints(checkpoints: list[Checkpoint]) -> None:
-    """Names must be unique and folder-safe, paths must exist (hub ids cannot be fetched offline)."""
+    """Names must be unique and folder-safe; then each path must be a checkpoint folder (model
+    weights, LoRA adapter or projector, with its config.json): hub ids cannot be fetched offline."""
+    from llava.model.checkpoints import detect_checkpoint_kind, read_config_dict
+
     seen: dict[str, str] = {}
     for checkpoint in checkpoints:
         if not is_safe_name(checkpoint.name):
@@ -62,9 +65,18 @@ def check_checkpoints(checkpoints: list[Checkpoint]) -> None:
         if checkpoint.name in seen:
             raise SuiteError(f"checkpoints {seen[checkpoint.name]} and {checkpoint.path} are both named "
                              f"{checkpoint.name!r}; name them apart with --model-path NAME=PATH")
+        seen[checkpoint.name] = checkpoint.path
+    for checkpoint in checkpoints:
         if not Path(checkpoint.path).is_dir():
             raise SuiteError(f"checkpoint {checkpoint.name!r}: folder not found: {checkpoint.path}")
-        seen[checkpoint.name] = checkpoint.path
+        try:
+            detect_checkpoint_kind(checkpoint.path)
+            read_config_dict(checkpoint.path)
+        except json.JSONDecodeError as error:
+            raise SuiteError(f"checkpoint {checkpoint.name!r}: {Path(checkpoint.path) / 'config.json'} "
+                             f"is not valid JSON ({error})") from error
+        except (OSError, ValueError) as error:
+            raise SuiteError(f"checkpoint {checkpoint.name!r}: {error}") from error
 
 
 def _load_checkpoint(checkpoint: Checkpoint, model_base: str | None, device: str) -> tuple[Any, Any, Any]:

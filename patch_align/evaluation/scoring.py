@@ -6,15 +6,14 @@ shown in the results table (fractions, or CIDEr as pycocoevalcap reports it).
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llava.eval.eval_vqa import ground_truth_for, load_answer_texts, read_records
-from llava.eval.model_vqa_loader import read_questions
-from llava.eval.rec import score_rec
+from llava.eval.eval_vqa import load_answer_texts, load_ground_truth
+from llava.eval.model_vqa_loader import check_question_images, read_questions
+from llava.eval.rec import check_rec_question, score_rec
 from llava.eval.vqa_metrics import score_answers
 from patch_align.evaluation.suite import SuiteError, TaskSpec
 
@@ -25,7 +24,6 @@ VQA_METRIC_OF_TYPE = {"vqa": "vqa", "gqa": "exact", "mc": "option"}
 # task type -> name of its one accuracy in the table
 ACCURACY_NAME = {"vqa": "vqa_acc", "gqa": "exact_match", "mc": "option_acc"}
 REC_IOU_THRESHOLD = 0.5
-REC_FIELDS = ("split", "bbox", "width", "height")
 CAPTION_METRICS = ("CIDEr", "Bleu_4", "METEOR", "ROUGE_L")
 
 
@@ -60,32 +58,33 @@ def _select_questions(spec: TaskSpec, limit: int | None) -> list[dict[str, Any]]
 
 def _check_rec_questions(spec: TaskSpec, questions: list[dict[str, Any]]) -> None:
     for question in questions:
-        lacking = [key for key in REC_FIELDS if key not in question]
-        if lacking:
-            raise SuiteError(f"task {spec.name!r}: {spec.question_file}: REC question "
-                             f"{question['question_id']!r} lacks {lacking} "
-                             "(make REC questions with llava.eval.convert_refcoco)")
-
-
-def _load_caption_references(path: Path) -> dict[str, list[str]]:
-    with path.open() as f:
-        data = json.load(f)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object mapping question id to reference captions")
-    return {str(key): refs for key, refs in data.items()}
+        try:
+            check_rec_question(question)
+        except ValueError as error:
+            raise SuiteError(f"task {spec.name!r}: {spec.question_file}: {error} "
+                             "(make REC questions with llava.eval.convert_refcoco)") from error
 
 
 def _load_truth(spec: TaskSpec) -> dict[str, Any]:
     if spec.type == "caption":
-        return _load_caption_references(spec.annotation_file)
-    metric = VQA_METRIC_OF_TYPE[spec.type]
-    return ground_truth_for(read_records(spec.annotation_file), metric, str(spec.annotation_file))
+        try:
+            # Imported here: pycocoevalcap is an optional extra, needed only by caption tasks; a caption
+            # task without it must fail now, not after every answer has been generated.
+            from llava.eval.caption_metrics import read_references
+        except ImportError as error:
+            raise SuiteError(f"task {spec.name!r}: {error}") from error
+        return read_references(spec.annotation_file)
+    return load_ground_truth(spec.annotation_file, VQA_METRIC_OF_TYPE[spec.type])
 
 
 def prepare_task(spec: TaskSpec, limit: int | None = None) -> PreparedTask:
     """Read and check a task's files; `limit` keeps its first N questions. Errors are `SuiteError`s."""
     try:
         questions = _select_questions(spec, limit)
+        try:
+            check_question_images(questions, spec.image_folder)
+        except ValueError as error:
+            raise SuiteError(f"task {spec.name!r}: {spec.question_file}: {error}") from error
         if spec.type == "rec":
             _check_rec_questions(spec, questions)
             return PreparedTask(spec, questions, None)

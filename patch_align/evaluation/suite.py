@@ -9,8 +9,11 @@ A suite is YAML or JSON:
       - {name: gqa, type: gqa, question_file: gqa/questions.jsonl, annotation_file: gqa/answers.json,
          image_folder: gqa/images}
 
-Relative paths are taken from the suite file's folder. Every problem with a suite (unknown key,
-wrong type, missing file) is a `SuiteError` naming the task and, where there is one, the file.
+Relative paths in a suite are resolved against the folder of the suite file, never against the
+working directory: `refcoco/refcoco_val.jsonl` in `/data/eval/suite.yaml` is
+`/data/eval/refcoco/refcoco_val.jsonl` wherever `patch-align eval` runs from, so a suite and its
+files can be moved together. Every problem with a suite (unknown key, wrong type, missing file) is
+a `SuiteError` naming the task and, where there is one, the file.
 """
 from __future__ import annotations
 
@@ -154,7 +157,7 @@ def load_suite(path: str | Path) -> Suite:
         where = f"suite file {path}: task #{index + 1}"
         if not isinstance(raw, dict):
             raise SuiteError(f"{where}: expected a mapping, got {type(raw).__name__}")
-        task = parse_task({**defaults, **raw}, path.parent, where)
+        task = parse_task({**defaults, **raw}, path.absolute().parent, where)
         if task.name in names:
             raise SuiteError(f"suite file {path}: task name {task.name!r} is used twice")
         names.add(task.name)
