@@ -11,6 +11,11 @@ Masks are decoded and pooled here, i.e. in the dataloader workers, off the train
 process's critical path. The counters travel with the batch so the trainer can log them
 whatever process decoded the masks.
 
+PAD coverage is a checked quantity: the dataset counts the image samples whose id has a PAD record
+with regions (`pad_coverage`), logs it when built, and raises `PadCoverageError` when none is covered
+or fewer than `min_pad_coverage` (`--pad_min_coverage`) are, so that ids which do not join never
+turn a patch-aligned run into a caption-only one.
+
 With SEA labels (`SeaLabels`), each item also carries `sea_word_ids` (N_grid, n) long (−1 = no
 word) and `sea_scores` (N_grid, n) float32: the sample's labels on the training patch grid
 (row-major patches only; with `cls_patch` the CLS token has no label and the trainer shifts by 1).
@@ -27,7 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +63,44 @@ class PadRecordError(ValueError):
 
 class SeaLabelError(ValueError):
     """SEA labels that do not fit the training run (geometry, missing samples); names the folder."""
+
+
+class PadCoverageError(ValueError):
+    """Too few training samples have PAD regions (ids that do not join); names the data file."""
+
+
+@dataclass(frozen=True)
+class PadCoverage:
+    """How much of a training set a PAD index covers (`PadAlignedDataset.pad_coverage`).
+
+    `covered` counts the image samples (the only ones a region can belong to) whose id has a PAD
+    record with at least one region; `unmatched_records` the PAD records whose id is no sample's.
+    """
+
+    image_samples: int
+    covered: int
+    records: int
+    unmatched_records: int
+
+    @property
+    def fraction(self) -> float:
+        return self.covered / self.image_samples if self.image_samples else 0.0
+
+    def describe(self) -> str:
+        return (
+            f"{self.covered} of {self.image_samples} image samples ({self.fraction:.1%}) have PAD regions; "
+            f"{self.unmatched_records} of {self.records} PAD records match no sample"
+        )
+
+    def as_dict(self) -> dict[str, int | float]:
+        """The counts and the fraction (what the saved config.json and the reporters record)."""
+        return {**asdict(self), "fraction": self.fraction}
+
+
+def check_min_pad_coverage(fraction: float) -> None:
+    """`--pad_min_coverage` is a fraction of the image samples: `ValueError` outside [0, 1]."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"--pad_min_coverage must be in [0, 1], got {fraction}")
 
 
 @dataclass(frozen=True)
@@ -176,10 +219,12 @@ class PadAlignedDataset(LazySupervisedDataset):
     (`pad_index` given) and its SEA patch labels (`sea_labels` given).
 
     Samples without a PAD record, without regions, or without an image yield R = 0 and
-    train on the caption loss alone. With `on_error="error"` a bad record (image joined
-    to another picture, image size differing from the record, undecodable or mis-sized
-    mask, empty mask, label without tokens) raises `PadRecordError` naming the id; with
-    `"skip"` its bad regions are dropped, counted and logged.
+    train on the caption loss alone; when no image sample, or fewer than the fraction
+    `min_pad_coverage` of them, has regions, building the dataset raises `PadCoverageError`.
+    With `on_error="error"` a bad record (image joined to another picture, image size
+    differing from the record, undecodable or mis-sized mask, empty mask, label without
+    tokens) raises `PadRecordError` naming the id; with `"skip"` its bad regions are
+    dropped, counted and logged.
     """
 
     def __init__(
@@ -193,6 +238,7 @@ class PadAlignedDataset(LazySupervisedDataset):
         fallback: str = "argmax",
         on_error: str = "error",
         sea_labels: SeaLabels | None = None,
+        min_pad_coverage: float = 0.0,
     ):
         super().__init__(data_path, tokenizer, data_args)
         if pad_index is None and sea_labels is None:
@@ -200,6 +246,7 @@ class PadAlignedDataset(LazySupervisedDataset):
         if on_error not in PAD_ON_ERROR:
             raise ValueError(f"--pad_on_error must be one of {PAD_ON_ERROR}, got {on_error!r}")
         coverage_to_patch_mask(np.zeros((1, 1)), threshold, fallback)  # validates τ and fallback up front
+        self.data_path = str(data_path)
         self.pad_index = pad_index
         self.grid = grid
         self.threshold = threshold
@@ -210,17 +257,30 @@ class PadAlignedDataset(LazySupervisedDataset):
         self.sea_labels = sea_labels
         if sea_labels is not None:
             self._check_sea_labels(sea_labels)
-        if pad_index is None:
-            return
+        self.pad_coverage: PadCoverage | None = None
+        if pad_index is not None:
+            self.pad_coverage = self._check_pad_coverage(pad_index, min_pad_coverage)
+
+    def _check_pad_coverage(self, pad_index: dict[str, PadRecord], min_coverage: float) -> PadCoverage:
+        check_min_pad_coverage(min_coverage)
+        image_ids = [self.sample_id(i) for i, s in enumerate(self.list_data_dict) if "image" in s]
+        uncovered = [i for i in image_ids if i not in pad_index or not pad_index[i].regions]
         sample_ids = {self.sample_id(i) for i in range(len(self))}
-        unmatched = sum(1 for pad_id in pad_index if pad_id not in sample_ids)
-        matched = len(pad_index) - unmatched
-        logger.info(
-            "PAD: %d of %d samples have a PAD record; %d PAD records match no sample",
-            matched,
-            len(self),
-            unmatched,
+        unmatched = [pad_id for pad_id in pad_index if pad_id not in sample_ids]
+        coverage = PadCoverage(
+            len(image_ids), len(image_ids) - len(uncovered), len(pad_index), len(unmatched)
         )
+        if coverage.covered == 0 or coverage.fraction < min_coverage:
+            needed = "at least one" if min_coverage == 0 else f"at least {min_coverage:.1%}"
+            raise PadCoverageError(
+                f"{self.data_path}: {coverage.describe()}, --pad_min_coverage {min_coverage} "
+                f"needs {needed}; samples without regions e.g. {uncovered[:3]}, PAD ids matching no "
+                f"sample e.g. {unmatched[:3]} (PAD records join samples by 'id')"
+            )
+        # partial coverage is worth seeing on every rank: those samples train on the caption alone
+        log = logger.info if coverage.covered == coverage.image_samples else logger.warning
+        log("PAD coverage of %s: %s", self.data_path, coverage.describe())
+        return coverage
 
     def _check_sea_labels(self, labels: SeaLabels) -> None:
         where = f"--sea_labels {labels.out_dir}"
@@ -242,11 +302,16 @@ class PadAlignedDataset(LazySupervisedDataset):
         ]
         if missing:
             raise SeaLabelError(
-                f"{where} has no labels for {len(missing)} image sample(s) of {self.data_args.data_path}, "
+                f"{where} has no labels for {len(missing)} image sample(s) of {self.data_path}, "
                 f"e.g. {missing[:5]}; reasons recorded by the labelling run: "
                 f"{[labels.skipped.get(m, 'not in the labelled data file') for m in missing[:5]]}"
             )
-        logger.info("SEA: labels for %d samples from %s", len(labels), labels.out_dir)
+        logger.info(
+            "SEA coverage of %s: all its image samples are labelled (%d labelled samples in %s)",
+            self.data_path,
+            len(labels),
+            labels.out_dir,
+        )
 
     def sea_targets(self, sample: dict, sample_id: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(`sea_word_ids` (N_grid, n) long, `sea_scores` (N_grid, n) float32); all −1 / 0 without image."""

@@ -5,17 +5,30 @@
 
 `llava.train.train.train(PatchAlignRecipe())` runs LLaVA's loop unchanged, with the
 dataset, collator and trainer swapped for the plugin's; nothing is monkey-patched.
+
+Flags are used or refused: `patch_*` / `pad_*` flags belong to `patch_cosine`, `sea_*` flags
+to `sea` (`both` uses all), and giving one its objective does not use is an error when the
+flags are parsed, as are a missing `--pad_path` file or `--sea_labels` folder.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
+from llava.train.arguments import refuse_unsupported_values
 from llava.train.data import DataCollatorForSupervisedDataset
 from llava.train.llava_trainer import unwrap_peft
 from llava.train.recipe import TrainContext, TrainRecipe
-from patch_align.data import PAD_ON_ERROR, PadAlignedCollator, PadAlignedDataset, PatchGrid
+from patch_align.data import (
+    PAD_ON_ERROR,
+    PadAlignedCollator,
+    PadAlignedDataset,
+    PadCoverage,
+    PatchGrid,
+    check_min_pad_coverage,
+)
 from patch_align.geometry import DEFAULT_PATCH_MASK_THRESHOLD, vision_token_offset
 from patch_align.objectives.patch_cosine import PATCH_POOLINGS
 from patch_align.objectives.sea import SeaLossConfig
@@ -52,6 +65,13 @@ class PatchAlignArguments:
     )
     patch_pooling: str = field(default="mean", metadata={"help": f"one of {PATCH_POOLINGS}"})
     pad_on_error: str = field(default="error", metadata={"help": f"bad PAD records: one of {PAD_ON_ERROR}"})
+    pad_min_coverage: float = field(
+        default=0.0,
+        metadata={
+            "help": "error when fewer than this fraction of the image samples have PAD regions "
+            "(default 0: at least one must)"
+        },
+    )
     sea_labels: str | None = field(
         default=None, metadata={"help": "SEA label folder from `patch-align sea label` (sea, both)"}
     )
@@ -85,6 +105,7 @@ class PatchAlignArguments:
             raise ValueError(f"--pad_path is required for --align_objective {self.align_objective}")
         if self.uses_sea and not self.sea_labels:
             raise ValueError(f"--sea_labels is required for --align_objective {self.align_objective}")
+        self._refuse_flags_of_other_objectives()
         if self.pad_on_error not in PAD_ON_ERROR:
             raise ValueError(f"--pad_on_error must be one of {PAD_ON_ERROR}, got {self.pad_on_error!r}")
         if self.patch_mask_fallback not in ("argmax", "none"):
@@ -99,6 +120,30 @@ class PatchAlignArguments:
         if self.sea_window < 1:
             raise ValueError(f"--sea_window must be >= 1, got {self.sea_window}")
         SeaTemperature(self.sea_temperature, self.sea_learnable_temperature)
+        check_min_pad_coverage(self.pad_min_coverage)
+        # cheap, and otherwise found only after the model has loaded
+        if self.uses_patch_cosine and not Path(self.pad_path).is_file():
+            raise ValueError(f"--pad_path {self.pad_path}: no such file")
+        if self.uses_sea and not Path(self.sea_labels).is_dir():
+            raise ValueError(
+                f"--sea_labels {self.sea_labels}: no such folder (make it with `patch-align sea label`)"
+            )
+
+    def _refuse_flags_of_other_objectives(self) -> None:
+        """A flag given a value that the objective does not use would be silently ignored: refuse it."""
+        reasons = {}
+        for option in fields(self):
+            if option.name.startswith("sea_"):
+                owner, used = "sea", self.uses_sea
+            elif option.name.startswith(("patch_", "pad_")):
+                owner, used = "patch_cosine", self.uses_patch_cosine
+            else:
+                continue
+            if not used:
+                reasons[option.name] = (
+                    f"only --align_objective {owner} or both uses it; this run's is {self.align_objective}"
+                )
+        refuse_unsupported_values(self, reasons)
 
     def loss_config(self) -> PatchLossConfig:
         schedule = BetaSchedule(
@@ -120,6 +165,8 @@ class PatchAlignRecipe(TrainRecipe):
     trainer_class: type = PatchAlignTrainer
     # label folders opened by this recipe (dataset, trainer and config share one index read)
     _opened_sea_labels: dict[str, SeaLabels] = field(default_factory=dict, repr=False)
+    # what the dataset built by make_dataset measured, recorded by config_entries
+    _pad_coverage: PadCoverage | None = field(default=None, repr=False)
 
     def sea_labels(self, ctx: TrainContext) -> SeaLabels | None:
         """The run's SEA labels (`--sea_labels`), or None when SEA is off."""
@@ -131,11 +178,18 @@ class PatchAlignRecipe(TrainRecipe):
         return self._opened_sea_labels[args.sea_labels]
 
     def make_dataset(self, ctx: TrainContext) -> PadAlignedDataset:
+        """The PAD- and/or SEA-labelled dataset; raises `PadCoverageError` (data.py) when too few
+        image samples have PAD regions (`--pad_min_coverage`)."""
         args = _plugin_args(ctx)
         if args.uses_sea and not ctx.training_args.tune_mm_mlp_adapter:
             raise ValueError(
                 "SEA is a stage-1 objective: --align_objective sea/both needs --tune_mm_mlp_adapter True "
                 "(only then is its temperature saved beside mm_projector.bin)"
+            )
+        if ctx.training_args.remove_unused_columns:
+            raise ValueError(
+                "--remove_unused_columns True would drop the region and SEA tensors from every batch "
+                "before the loss sees them: patch-aligned training needs False (LLaVA's default)"
             )
         tower = unwrap_peft(ctx.model).get_vision_tower()
         if tower is None:
@@ -146,7 +200,7 @@ class PatchAlignRecipe(TrainRecipe):
             image_processor=ctx.data_args.image_processor,
             select_feature=ctx.model_args.mm_vision_select_feature,
         )
-        return PadAlignedDataset(
+        dataset = PadAlignedDataset(
             ctx.data_args.data_path,
             ctx.tokenizer,
             ctx.data_args,
@@ -156,7 +210,10 @@ class PatchAlignRecipe(TrainRecipe):
             fallback=args.patch_mask_fallback,
             on_error=args.pad_on_error,
             sea_labels=self.sea_labels(ctx),
+            min_pad_coverage=args.pad_min_coverage,
         )
+        self._pad_coverage = dataset.pad_coverage
+        return dataset
 
     def make_collator(self, ctx: TrainContext) -> PadAlignedCollator:
         return PadAlignedCollator(DataCollatorForSupervisedDataset(tokenizer=ctx.tokenizer))
@@ -179,11 +236,15 @@ class PatchAlignRecipe(TrainRecipe):
 
     def config_entries(self, ctx: TrainContext) -> dict[str, Any]:
         """The plugin's settings under `patch_align_*` keys of the saved config.json (SEA's as
-        `patch_align_sea_*`, the objective as `patch_align_objective`)."""
+        `patch_align_sea_*`, the objective as `patch_align_objective`), and the PAD coverage that
+        `make_dataset` measured as `patch_align_pad_coverage` (reporters such as wandb log the
+        model config, so it reaches them too)."""
         args = asdict(_plugin_args(ctx))
         entries = {f"patch_align_{key.removeprefix('patch_')}": value for key, value in args.items()}
         entries["patch_align_objective"] = entries.pop("patch_align_align_objective")
         entries["patch_align_label_tokenization"] = "word_in_running_text_no_special_tokens"
         if _plugin_args(ctx).uses_sea:
             entries["patch_align_sea_label_settings"] = self.sea_labels(ctx).settings
+        if self._pad_coverage is not None:
+            entries["patch_align_pad_coverage"] = self._pad_coverage.as_dict()
         return entries

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from llava.train.data import DataCollatorForSupervisedDataset
-from patch_align.data import PadAlignedCollator, PadAlignedDataset, PadRecordError, PatchGrid
+from patch_align.data import (
+    PadAlignedCollator,
+    PadAlignedDataset,
+    PadCoverage,
+    PadCoverageError,
+    PadRecordError,
+    PatchGrid,
+)
 from patch_align.objectives.label_embedding import tokenize_label
 from patch_align.pad import load_pad_index
 
@@ -41,6 +48,7 @@ def make_dataset(
     pad_path=FIXTURES / "pad.json",
     select_feature="patch",
     on_error="error",
+    min_pad_coverage=0.0,
 ):
     data_args = SimpleNamespace(
         image_folder=str(FIXTURES / "images"),
@@ -53,7 +61,14 @@ def make_dataset(
     )
     grid = PatchGrid(mode, processor, patch_size=14, select_feature=select_feature)
     return PadAlignedDataset(
-        str(data_path), tokenizer, data_args, load_pad_index(pad_path), grid, threshold=0.5, on_error=on_error
+        str(data_path),
+        tokenizer,
+        data_args,
+        load_pad_index(pad_path),
+        grid,
+        threshold=0.5,
+        on_error=on_error,
+        min_pad_coverage=min_pad_coverage,
     )
 
 
@@ -182,3 +197,65 @@ def test_skip_mode_counts_and_logs_bad_regions_and_keeps_the_rest(tokenizer, pro
 def test_pad_on_error_must_be_error_or_skip(tokenizer, processor):
     with pytest.raises(ValueError, match="--pad_on_error"):
         make_dataset(tokenizer, processor, on_error="ignore")
+
+
+# --- PAD coverage: a checked quantity ---------------------------------------------------------------
+# fixtures-437: 24 image samples s000..s023, one PAD record with 2 regions for each.
+
+
+def write_pad(tmp_path, keep=lambda record: True, rename=lambda record_id: record_id, empty=()):
+    """A copy of the fixture PAD file: records kept by `keep`, ids renamed, regions of `empty` dropped."""
+    records = [
+        dict(r, id=rename(r["id"]), regions=[] if r["id"] in empty else r["regions"])
+        for r in json.loads((FIXTURES / "pad.json").read_text())
+        if keep(r)
+    ]
+    pad = tmp_path / "pad.json"
+    pad.write_text(json.dumps(records))
+    return pad
+
+
+def test_full_coverage_is_measured_and_logged(tokenizer, processor, caplog):
+    with caplog.at_level(logging.INFO, logger="patch_align.data"):
+        dataset = make_dataset(tokenizer, processor)
+    assert dataset.pad_coverage == PadCoverage(image_samples=24, covered=24, records=24, unmatched_records=0)
+    assert dataset.pad_coverage.as_dict() == {
+        "image_samples": 24, "covered": 24, "records": 24, "unmatched_records": 0, "fraction": 1.0
+    }
+    message = "24 of 24 image samples (100.0%) have PAD regions; 0 of 24 PAD records match no sample"
+    assert [r.levelname for r in caplog.records if message in r.getMessage()] == ["INFO"]
+
+
+def test_pad_ids_that_match_no_sample_are_an_error_naming_both_sides(tokenizer, processor, tmp_path):
+    pad = write_pad(tmp_path, rename=lambda record_id: f"coco-{record_id}")
+    with pytest.raises(PadCoverageError) as caught:
+        make_dataset(tokenizer, processor, pad_path=pad)
+    message = str(caught.value)
+    assert "pretrain.json: 0 of 24 image samples (0.0%) have PAD regions; 24 of 24 PAD records" in message
+    assert "--pad_min_coverage 0.0 needs at least one" in message
+    assert "['s000', 's001', 's002']" in message and "['coco-s000', 'coco-s001', 'coco-s002']" in message
+
+
+def test_records_without_regions_do_not_count_as_covered(tokenizer, processor, tmp_path):
+    ids = {f"s{i:03d}" for i in range(24)}
+    with pytest.raises(PadCoverageError, match="0 of 24 image samples"):
+        make_dataset(tokenizer, processor, pad_path=write_pad(tmp_path, empty=ids))
+
+
+def test_partial_coverage_is_a_warning_above_the_threshold_and_an_error_below(
+    tokenizer, processor, tmp_path, caplog
+):
+    pad = write_pad(tmp_path, keep=lambda record: int(record["id"][1:]) < 18)  # 18 of 24 = 75%
+    with caplog.at_level(logging.INFO, logger="patch_align.data"):
+        dataset = make_dataset(tokenizer, processor, pad_path=pad, min_pad_coverage=0.75)
+    assert (dataset.pad_coverage.covered, dataset.pad_coverage.fraction) == (18, 0.75)
+    assert [r.levelname for r in caplog.records if "18 of 24 image samples (75.0%)" in r.getMessage()] == [
+        "WARNING"
+    ]
+    with pytest.raises(PadCoverageError, match=r"18 of 24 .*--pad_min_coverage 0.8 needs at least 80.0%"):
+        make_dataset(tokenizer, processor, pad_path=pad, min_pad_coverage=0.8)
+
+
+def test_min_pad_coverage_must_be_a_fraction(tokenizer, processor):
+    with pytest.raises(ValueError, match=r"--pad_min_coverage must be in \[0, 1\], got 75"):
+        make_dataset(tokenizer, processor, min_pad_coverage=75)

@@ -122,11 +122,11 @@ def test_lambda_at_steps_follows_its_schedule_after_the_warmup(kind, expected):
     assert [lambda_at_step(step, 6, schedule) for step in (0, 1, 3, 4)] == pytest.approx(expected)
 
 
-def test_lambda_default_is_a_constant_one():
+def test_lambda_default_is_a_constant_one(tmp_path):
     from patch_align.recipe import PatchAlignArguments
     from patch_align.schedules import lambda_at_step
 
-    schedule = PatchAlignArguments(align_objective="sea", sea_labels="x").lambda_schedule()
+    schedule = PatchAlignArguments(align_objective="sea", sea_labels=str(tmp_path)).lambda_schedule()
     assert [lambda_at_step(s, 10, schedule) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
 
 
