@@ -7,6 +7,7 @@ from the fixture LLM and CLIP tower, saved in each upstream layout and loaded ba
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,10 +20,12 @@ from torch import nn
 
 from llava.model.builder import load_pretrained_model
 from llava.model.checkpoints import (
+    PEFT_0_10_LORA_KEYS,
     CheckpointKind,
     atomic_torch_save,
     detect_checkpoint_kind,
     load_projector_file,
+    make_adapter_config_portable,
     projector_state_dict,
     save_projector,
 )
@@ -228,3 +231,56 @@ def test_failed_atomic_save_keeps_the_old_file_and_no_temp_file(tmp_path):
         atomic_torch_save({"f": lambda: None}, target)
     assert os.listdir(tmp_path) == ["state.bin"]
     assert torch.equal(torch.load(target, weights_only=True)["x"], torch.zeros(1))
+
+
+# What peft 0.21 writes beyond peft 0.10's fields for a plain LoRA (issue 18, case 7).
+PEFT_0_21_ONLY_KEYS = {
+    "alora_invocation_tokens", "arrow_config", "corda_config", "ensure_weight_tying", "eva_config",
+    "exclude_modules", "kasa_config", "lora_bias", "lora_ga_config", "monteclora_config", "peft_version",
+    "qalora_group_size", "target_parameters", "trainable_token_indices", "use_bdlora", "use_qalora",
+    "velora_config",
+}
+
+
+def saved_lora_config(folder: Path, **overrides):
+    """A LoraConfig as `apply_lora` builds it, saved by peft into `folder`; returns the config."""
+    from peft import LoraConfig
+
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.05, task_type="CAUSAL_LM",
+        **overrides,
+    )
+    config.save_pretrained(folder)
+    return config
+
+
+def test_adapter_config_drops_exactly_the_newer_peft_keys_that_hold_defaults(tmp_path):
+    saved_lora_config(tmp_path)
+    written = set(json.loads((tmp_path / "adapter_config.json").read_text()))
+    assert written - PEFT_0_10_LORA_KEYS == PEFT_0_21_ONLY_KEYS  # what peft 0.10 rejects today
+    assert make_adapter_config_portable(tmp_path) == {}
+    portable = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert set(portable) == written - PEFT_0_21_ONLY_KEYS
+    assert portable["r"] == 4 and portable["lora_alpha"] == 8 and portable["lora_dropout"] == 0.05
+
+
+def test_portable_adapter_config_loads_back_as_the_same_config_in_current_peft(tmp_path):
+    from peft import PeftConfig
+
+    original = saved_lora_config(tmp_path)
+    make_adapter_config_portable(tmp_path)
+    assert PeftConfig.from_pretrained(str(tmp_path)).to_dict() == original.to_dict()
+
+
+def test_non_default_value_peft_0_10_cannot_represent_is_kept_and_reported(tmp_path, caplog):
+    saved_lora_config(tmp_path, exclude_modules=["lm_head"])
+    with caplog.at_level("WARNING", logger="llava.model.checkpoints"):
+        assert make_adapter_config_portable(tmp_path) == {"exclude_modules": ["lm_head"]}
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["exclude_modules"] == ["lm_head"]
+    assert "keeps ['exclude_modules']: peft 0.10 (upstream LLaVA) cannot load this adapter" in caplog.text
+
+
+def test_adapter_config_of_another_peft_method_is_an_error_naming_the_file(tmp_path):
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "IA3", "target_modules": []}))
+    with pytest.raises(ValueError, match=r"adapter_config\.json: not a LoRA adapter config \(peft_type 'IA3"):
+        make_adapter_config_portable(tmp_path)

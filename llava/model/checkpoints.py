@@ -15,8 +15,10 @@ Torch files are always read with `weights_only=True` and written atomically.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -25,6 +27,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 PROJECTOR_FILE = "mm_projector.bin"
 NON_LORA_FILE = "non_lora_trainables.bin"
@@ -35,6 +39,16 @@ _WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
+# The LoraConfig fields of peft 0.10.0 (upstream LLaVA 1.2.2's pin), whose `LoraConfig(**json)`
+# raises TypeError on any other key; tests/test_upstream_readers.py checks the list against peft 0.10.
+PEFT_0_10_LORA_KEYS = frozenset({
+    "alpha_pattern", "auto_mapping", "base_model_name_or_path", "bias", "fan_in_fan_out",
+    "inference_mode", "init_lora_weights", "layer_replication", "layers_pattern", "layers_to_transform",
+    "loftq_config", "lora_alpha", "lora_dropout", "megatron_config", "megatron_core", "modules_to_save",
+    "peft_type", "r", "rank_pattern", "revision", "target_modules", "task_type", "use_dora", "use_rslora",
+})
+# Provenance that peft writes on save and fills in with its own version on load.
+_PEFT_METADATA_KEYS = frozenset({"peft_version"})
 
 
 class CheckpointKind(str, enum.Enum):
@@ -75,19 +89,24 @@ def is_multimodal_config(config: dict) -> bool:
     return config.get("model_type") == "llava_llama" or bool(config.get("mm_vision_tower"))
 
 
-def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """Write with torch.save to a temporary file in the same folder, then rename (no torn files)."""
+def _atomic_write(path: str | os.PathLike, write) -> None:
+    """`write(tmp)` to a temporary file in the same folder, then rename it to `path` (no torn files)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """Write with torch.save to a temporary file in the same folder, then rename (no torn files)."""
+    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_torch_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -196,3 +215,52 @@ def write_tokenizer(tokenizer, output_dir: str | os.PathLike) -> None:
         if "legacy" not in config and hasattr(tokenizer, "legacy"):
             config["legacy"] = bool(tokenizer.legacy)
             config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
+def portable_adapter_config(config: dict) -> tuple[dict, dict]:
+    """A LoRA `adapter_config.json` dict that peft 0.10 (upstream LLaVA) reads and newer peft reads the same.
+
+    A key peft 0.10 does not know is dropped when it holds the installed peft's default (peft fills
+    absent keys with their defaults on load, so nothing changes for it) or is metadata (`peft_version`).
+    A non-default value peft 0.10 cannot represent is kept: peft 0.10 then refuses the adapter loudly
+    instead of loading a different one. Returns `(portable config, kept keys peft 0.10 rejects)`.
+    """
+    from peft import LoraConfig
+
+    if config.get("peft_type") != "LORA":
+        raise ValueError(f"not a LoRA adapter config (peft_type {config.get('peft_type')!r})")
+    defaults = {
+        field.name: field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        for field in dataclasses.fields(LoraConfig)
+        if field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
+    }
+    portable, unreadable = {}, {}
+    for key, value in config.items():
+        if key in PEFT_0_10_LORA_KEYS:
+            portable[key] = value
+        elif key in _PEFT_METADATA_KEYS or (key in defaults and value == defaults[key]):
+            continue
+        else:
+            portable[key] = unreadable[key] = value
+    return portable, unreadable
+
+
+def make_adapter_config_portable(folder: str | os.PathLike) -> dict:
+    """Rewrite `folder/adapter_config.json` per `portable_adapter_config`; returns the keys peft 0.10 rejects.
+
+    Every LoRA save calls it (the final output and each `checkpoint-N/`), so upstream LLaVA's
+    `PeftModel.from_pretrained` loads what we write; our loader and resume read it with peft's defaults.
+    """
+    path = Path(folder) / ADAPTER_CONFIG
+    try:
+        config = json.loads(path.read_text())
+        portable, unreadable = portable_adapter_config(config)
+    except ValueError as err:  # JSONDecodeError included
+        raise ValueError(f"{path}: {err}") from err
+    if unreadable:
+        logger.warning(
+            "%s keeps %s: peft 0.10 (upstream LLaVA) cannot load this adapter", path, sorted(unreadable)
+        )
+    # peft's own layout (indent 2, sorted keys), so the file differs from peft's only by the dropped keys
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(portable, indent=2, sort_keys=True)))
+    return unreadable

@@ -9,11 +9,13 @@ from torch.utils.data import Sampler
 from transformers import Trainer
 
 from llava.model.checkpoints import (
+    ADAPTER_CONFIG,
     PROJECTOR_FILE,
     CheckpointKind,
     atomic_torch_save,
     detect_checkpoint_kind,
     load_projector_file,
+    make_adapter_config_portable,
     projector_state_dict,
     write_tokenizer,
 )
@@ -32,7 +34,8 @@ class LLaVATrainer(Trainer):
     """- `--group_by_modality_length`: batches of one modality and similar length;
     - `--mm_projector_lr`: a separate learning rate for `mm_projector` parameters;
     - `--tune_mm_mlp_adapter`: checkpoints hold only `mm_projector.bin` + `config.json` (plus
-      optimizer/scheduler/RNG/trainer state, so a stage-1 run resumes exactly).
+      optimizer/scheduler/RNG/trainer state, so a stage-1 run resumes exactly);
+    - `--lora_enable`: each checkpoint's `adapter_config.json` is one upstream's peft 0.10 reads.
     """
 
     def _get_train_sampler(self, train_dataset=None) -> Sampler | None:
@@ -83,9 +86,15 @@ class LLaVATrainer(Trainer):
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)
-        if self.args.should_save and self.processing_class is not None:
-            # also readable by upstream LLaVA (transformers 4.x): tokenizer.model + legacy flag
-            write_tokenizer(self.processing_class, output_dir or self.args.output_dir)
+        if not self.args.should_save:
+            return
+        output_dir = output_dir or self.args.output_dir
+        # also readable by upstream LLaVA (peft 0.10, transformers 4.x): an adapter config without
+        # newer peft's default-valued keys; tokenizer.model + legacy flag
+        if os.path.exists(os.path.join(output_dir, ADAPTER_CONFIG)):
+            make_adapter_config_portable(output_dir)
+        if self.processing_class is not None:
+            write_tokenizer(self.processing_class, output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         try:

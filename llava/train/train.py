@@ -155,8 +155,11 @@ def save_trained_model(trainer, model, training_args) -> None:
             (n, p) for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n
         )
         if training_args.should_save:
+            from llava.model.checkpoints import make_adapter_config_portable
+
             unwrap_peft(model).config.save_pretrained(out)
             model.save_pretrained(out)
+            make_adapter_config_portable(out)  # upstream LLaVA's peft 0.10 must read it (as in checkpoint-N)
             atomic_torch_save(non_lora, os.path.join(out, NON_LORA_FILE))
         return
     trainer.save_model(out)
