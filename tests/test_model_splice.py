@@ -141,3 +141,36 @@ def test_missing_images_for_image_tokens_is_an_error():
     ids = torch.tensor([[1, IMG, 5]])
     with pytest.raises(ValueError, match=r"got 0 images for 1 <image> tokens"):
         splice_image_features(ids, None, None, None, identity_embedding())
+
+
+def test_placeholder_of_a_text_only_sample_is_never_spliced_into_a_sample_with_two_image_tokens():
+    # one image per sample (the collator's layout): sample 0 has two <image> but one image,
+    # sample 1 is text-only with its zero placeholder; both counts are 2, the samples disagree
+    ids = torch.tensor([[1, IMG, IMG, 5], [1, 2, 3, PAD]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    with pytest.raises(ValueError, match=r"sample 0 has 2 <image> tokens for its one image"):
+        splice_image_features(ids, mask, None, [image(0), torch.zeros(3, 1)], identity_embedding())
+
+
+def test_per_token_layout_lets_a_two_image_prompt_share_a_batch_with_a_text_only_prompt():
+    # what generation passes: the same counts as above, but both images are sample 0's
+    ids = torch.tensor([[1, IMG, IMG, 5], [1, 2, 3, PAD]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    out = splice_image_features(
+        ids, mask, None, [image(0, 2), image(1, 2)], identity_embedding(), image_layout="per_token"
+    )
+    assert values(out.inputs_embeds) == [[1, 100, 101, 200, 201, 5], [1, 2, 3, 0, 0, 0]]
+
+
+def test_per_sample_layout_needs_exactly_one_image_per_sample():
+    ids = torch.tensor([[1, IMG, 5], [1, 2, 3], [1, IMG, 4]])
+    with pytest.raises(ValueError, match=r"got 2 images .* batch of 3 .*one image per sample needs 3 images"):
+        splice_image_features(ids, None, None, [image(0), image(1)], identity_embedding(),
+                              image_layout="per_sample")
+
+
+def test_unknown_image_layout_is_an_error_naming_the_choices():
+    ids = torch.tensor([[1, IMG, 5]])
+    choices = r"\('auto', 'per_sample', 'per_token'\)"
+    with pytest.raises(ValueError, match=rf"image_layout must be one of {choices}"):
+        splice_image_features(ids, None, None, [image(0)], identity_embedding(), image_layout="sample")

@@ -97,6 +97,43 @@ class LlavaMetaModel:
             load_projector_file(self.mm_projector, model_args.pretrain_mm_mlp_adapter)
 
 
+IMAGE_LAYOUTS = ("auto", "per_sample", "per_token")
+
+
+def image_layout_of(n_tokens: list[int], n_images: int, layout: str = "auto") -> str:
+    """Which image belongs to which sample: `per_sample` or `per_token`, checked per sample.
+
+    `n_tokens[i]` is the number of `<image>` tokens of sample i. `auto` reads a batch with
+    as many images as samples as `per_sample` (what the training collator builds; any other
+    reading would let a text-only sample's placeholder be spliced into a sample with two
+    `<image>`), and any other batch as `per_token`. Generation passes `per_token` (a prompt
+    may hold several images). Raises ValueError naming the counts and the first bad sample.
+    """
+    if layout not in IMAGE_LAYOUTS:
+        raise ValueError(f"image_layout must be one of {IMAGE_LAYOUTS}, got {layout!r}")
+    batch = len(n_tokens)
+    if layout == "auto":
+        layout = "per_sample" if n_images == batch else "per_token"
+    counts = (
+        f"got {n_images} images for {sum(n_tokens)} <image> tokens in a batch of {batch} "
+        f"({sum(1 for n in n_tokens if n == 0)} text-only samples)"
+    )
+    if layout == "per_token":
+        if n_images != sum(n_tokens):
+            raise ValueError(f"{counts}: pass one image per <image> token")
+        return layout
+    if n_images != batch:
+        raise ValueError(f"{counts}: one image per sample needs {batch} images")
+    several = next((i for i, n in enumerate(n_tokens) if n > 1), None)
+    if several is not None:
+        raise ValueError(
+            f"{counts}: with one image per sample, sample {several} has {n_tokens[several]} <image> tokens "
+            "for its one image; give each image sample exactly one <image> (prompts with several "
+            "images need image_layout='per_token')"
+        )
+    return layout
+
+
 @dataclass
 class SpliceResult:
     """What `splice_image_features` returns; all tensors on the embedding device."""
@@ -117,14 +154,17 @@ def splice_image_features(
     *,
     padding_side: str = "right",
     max_length: int | None = None,
+    image_layout: str = "auto",
 ) -> SpliceResult:
     """Replace every IMAGE_TOKEN_INDEX in `input_ids` (B, L) with the next image's features.
 
-    `image_features` is a list of (N_i, D) tensors, one per image, in batch order. Two
-    conventions are accepted: one feature set per image token, or (upstream's training
-    collator) one per sample where text-only samples carry a dummy image that is
-    consumed without being spliced (kept in the graph with zero weight so every
-    projector parameter gets a gradient under DDP/ZeRO).
+    `image_features` is a list of (N_i, D) tensors in batch order, laid out as
+    `image_layout` says (see `image_layout_of`): `per_token`, one per `<image>` token
+    (text-only samples take none, a sample may hold several), or `per_sample` (upstream's
+    training collator), image i belongs to sample i: it is spliced at the sample's one
+    `<image>`, or, for a text-only sample, a placeholder consumed without being spliced
+    (kept in the graph with zero weight so every projector parameter gets a gradient
+    under DDP/ZeRO). Counts that do not fit the layout are a ValueError naming them.
     """
     batch = input_ids.shape[0]
     keep = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
@@ -134,16 +174,7 @@ def splice_image_features(
     row_labels = [labels[i][keep[i]] for i in range(batch)]
     n_tokens = [int((r == IMAGE_TOKEN_INDEX).sum()) for r in rows]
     features = image_features or []
-    n_text_only = sum(1 for n in n_tokens if n == 0)
-    if len(features) == sum(n_tokens):
-        text_only_consumes = False
-    elif len(features) == sum(n_tokens) + n_text_only:
-        text_only_consumes = True
-    else:
-        raise ValueError(
-            f"got {len(features)} images for {sum(n_tokens)} <image> tokens in a batch of {batch} "
-            f"({n_text_only} text-only samples): pass one image per <image> token"
-        )
+    text_only_consumes = image_layout_of(n_tokens, len(features), image_layout) == "per_sample"
 
     embeds, new_labels, truncated = [], [], 0
     next_image = 0
@@ -231,11 +262,12 @@ class LlavaMetaForCausalLM:
         return projector(features)
 
     def splice_multimodal(
-        self, input_ids, attention_mask, labels, images, padding_side: str
+        self, input_ids, attention_mask, labels, images, padding_side: str, image_layout: str = "auto"
     ) -> tuple[SpliceResult, torch.Tensor | None]:
         """Encode `images` (when given and the model has a tower) and splice them into the embeddings.
 
-        Rows are padded on `padding_side` and cut to `tokenizer_model_max_length` (with a warning).
+        Rows are padded on `padding_side` and cut to `tokenizer_model_max_length` (with a warning);
+        `image_layout` says which image belongs to which row (`image_layout_of`).
         Returns the splice and the projected image tokens (B_img, N, D), or None without images.
         """
         projected = None
@@ -249,6 +281,7 @@ class LlavaMetaForCausalLM:
             self.get_model().embed_tokens,
             padding_side=padding_side,
             max_length=getattr(self.config, "tokenizer_model_max_length", None),
+            image_layout=image_layout,
         )
         warn_if_truncated(spliced, self.config)
         return spliced, projected

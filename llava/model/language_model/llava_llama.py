@@ -10,11 +10,59 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
 
+# transformers 4.x (upstream LLaVA pins 4.37.2) reads the rotary settings only from these
+# top-level keys; transformers 5 keeps them inside `rope_parameters`.
+LEGACY_ROPE_KEYS = ("rope_theta", "rope_scaling")
+
+
+def legacy_rope_entries(rope_parameters: dict) -> dict:
+    """The top-level `rope_theta` / `rope_scaling` that transformers 4.37 reads for `rope_parameters`.
+
+    4.37 knows plain RoPE (`rope_scaling: null`) and `{"type": "linear" | "dynamic", "factor": float}`.
+    Any other RoPE (llama3, yarn, dynamic with extra keys, ...) is written with all its parameters
+    under `type`, which 4.37 refuses with a ValueError instead of running with plain RoPE.
+    """
+    params = dict(rope_parameters)
+    theta = params.pop("rope_theta")
+    rope_type = params.pop("rope_type", "default")
+    params.pop("type", None)  # transformers 5 keeps a 4.x config's `type` beside `rope_type`
+    if rope_type == "default" and not params:
+        scaling = None
+    elif rope_type in ("linear", "dynamic") and set(params) == {"factor"}:
+        scaling = {"type": rope_type, "factor": float(params["factor"])}  # 4.37 rejects an int factor
+    else:
+        scaling = {"type": rope_type, **params}
+    return {"rope_theta": theta, "rope_scaling": scaling}
+
 
 class LlavaConfig(LlamaConfig):
-    """A Llama config plus upstream's `mm_*` keys (kept as attributes, written to config.json)."""
+    """A Llama config plus upstream's `mm_*` keys (kept as attributes, written to config.json).
+
+    config.json also carries `rope_theta` and `rope_scaling` at the top level, as transformers
+    4.37 (upstream LLaVA) reads them: without them it silently runs with rope_theta 10000.
+    """
 
     model_type = "llava_llama"
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), **legacy_rope_entries(self.rope_parameters)}
+
+    def convert_rope_params_to_dict(self, **kwargs) -> dict:
+        # A file with `rope_parameters` and the legacy keys was written by `to_dict` above: the
+        # legacy keys only mirror it, and a mirror edited on its own is an error, not ignored.
+        mirror = {key: kwargs.pop(key) for key in LEGACY_ROPE_KEYS if key in kwargs}
+        if mirror and self.rope_parameters:
+            expected = legacy_rope_entries(self.rope_parameters)
+            differing = {key: value for key, value in mirror.items() if value != expected[key]}
+            if differing:
+                raise ValueError(
+                    f"llava_llama config: the top-level {differing} (read by transformers 4.x) disagree "
+                    f"with rope_parameters {self.rope_parameters} (read by transformers 5): "
+                    f"they must describe the same RoPE, i.e. {expected}"
+                )
+        else:  # a transformers 4.x config: the top-level keys are all it has
+            kwargs.update(mirror)
+        return super().convert_rope_params_to_dict(**kwargs)
 
 
 class LlavaLlamaModel(LlavaMetaModel, LlamaModel):
@@ -116,7 +164,10 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
             raise ValueError("generate needs the prompt ids as `inputs` (positional) or `input_ids`")
         attention_mask = kwargs.pop("attention_mask", None)
         kwargs.pop("position_ids", None)  # recomputed from the re-padded mask by generate()
-        spliced, _ = self.splice_multimodal(inputs, attention_mask, None, images, padding_side="left")
+        # one image per <image> token: a prompt may hold several images, a text-only prompt none
+        spliced, _ = self.splice_multimodal(
+            inputs, attention_mask, None, images, padding_side="left", image_layout="per_token"
+        )
         return super().generate(
             inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask, **kwargs
         )
