@@ -19,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
+from llava.train.llava_json import LlavaDataError
 from patch_align.pad.generate.build import generate_pad
 from patch_align.pad.generate.options import GenerateOptions
 from patch_align.pad.generate.shards import shard_stem
@@ -385,3 +386,13 @@ def test_sigkilled_run_resumes_to_exactly_the_records_of_an_uninterrupted_run(tm
     manifest = json.loads(shard_stem(killed, 0, 1).with_suffix(".manifest.json").read_text())
     assert manifest["last_run"]["skipped_done"] == written
     assert manifest["last_run"]["repaired_bytes"] == len(b'{"id": "00099", "image": "torn')
+
+
+def test_a_data_record_without_image_token_is_refused_before_any_model_loads(tmp_path):
+    data = write_dataset(tmp_path, 2, [(16, 16)])
+    samples = json.loads(data.read_text())
+    samples[1]["conversations"][0]["value"] = "Describe the image briefly."
+    data.write_text(json.dumps(samples))
+    missing_models = (tmp_path / "no-detector", tmp_path / "no-segmenter")
+    with pytest.raises(LlavaDataError, match=r"record 1 \(id '00001'\): has an 'image' but 0 <image>"):
+        generate_pad(options(data, tmp_path / "out", missing_models))

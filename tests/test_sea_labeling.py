@@ -9,6 +9,7 @@ from PIL import Image
 
 from llava.mm_utils import pad_to_square_geometry
 from llava.tiny import build_tiny_clip
+from llava.train.llava_json import LlavaDataError
 from patch_align.sea.labeling import label_dataset, load_clip, patch_features, top_words, word_features
 from patch_align.sea.store import INDEX_FILE, SeaLabels, shard_name
 
@@ -42,6 +43,14 @@ def _image(width: int, height: int, seed: int) -> Image.Image:
     return Image.fromarray(pixels.numpy())
 
 
+def llava_record(record_id: str, image: str | None) -> dict:
+    """A LLaVA data record with a one-question conversation; text-only when `image` is None."""
+    question = "What is a picture?" if image is None else "<image>\nWhat is it?"
+    record = {"id": record_id, "conversations": [{"from": "human", "value": question},
+                                                 {"from": "gpt", "value": "a picture"}]}
+    return record if image is None else {**record, "image": image}
+
+
 @pytest.fixture()
 def dataset(tmp_path):
     """Three images (one wide, one tall, one square) and a LLaVA data file with a text-only record."""
@@ -50,8 +59,8 @@ def dataset(tmp_path):
     sizes = {"wide": (112, 56), "tall": (42, 70), "square": (56, 56)}
     for seed, (name, size) in enumerate(sizes.items()):
         _image(*size, seed).save(images / f"{name}.png")
-    records = [{"id": name, "image": f"{name}.png", "conversations": []} for name in sizes]
-    records.insert(1, {"id": "text-only", "conversations": []})
+    records = [llava_record(name, f"{name}.png") for name in sizes]
+    records.insert(1, llava_record("text-only", None))
     data = tmp_path / "data.json"
     data.write_text(json.dumps(records))
     vocab = tmp_path / "vocab.txt"
@@ -124,7 +133,7 @@ def test_pad_labels_equal_square_labels_of_the_hand_padded_image(tiny_clip, data
         canvas.paste(image, (left, top))
         canvas.save(images / f"{name}_padded.png")
     hand = tmp_path / "hand.json"
-    hand.write_text(json.dumps([{"id": n, "image": f"{n}_padded.png"} for n in ("wide", "tall")]))
+    hand.write_text(json.dumps([llava_record(n, f"{n}_padded.png") for n in ("wide", "tall")]))
     label_dataset(tiny_clip, vocab, data, images, tmp_path / "pad", image_aspect_ratio="pad",
                   show_progress=False, device="cpu")
     label_dataset(tiny_clip, vocab, hand, images, tmp_path / "hand", image_aspect_ratio="square",
@@ -139,7 +148,7 @@ def test_square_labels_see_only_the_centre_crop(tiny_clip, dataset, tmp_path):
     data, images, vocab = dataset
     Image.open(images / "wide.png").crop((28, 0, 84, 56)).save(images / "wide_centre.png")
     crop = tmp_path / "crop.json"
-    crop.write_text(json.dumps([{"id": "wide", "image": "wide_centre.png"}]))
+    crop.write_text(json.dumps([llava_record("wide", "wide_centre.png")]))
     label_dataset(tiny_clip, vocab, data, images, tmp_path / "square", image_aspect_ratio="square",
                   show_progress=False, device="cpu")
     label_dataset(tiny_clip, vocab, crop, images, tmp_path / "crop", image_aspect_ratio="square",
@@ -197,3 +206,13 @@ def test_label_cli_writes_a_complete_folder(tiny_clip, dataset, tmp_path, capsys
     assert SeaLabels(out).labels("tall")[0].shape == (16, 2)
     assert main(["sea", "label", "--clip", str(tmp_path), "--vocab", str(vocab), "--data", str(data),
                  "--image-folder", str(images), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_a_list_of_images_is_refused_before_clip_loads(dataset, tmp_path):
+    data, images, vocab = dataset
+    records = json.loads(data.read_text())
+    records[0]["image"] = ["wide.png", "tall.png"]
+    data.write_text(json.dumps(records))
+    with pytest.raises(LlavaDataError, match=r"record 0 \(id 'wide'\): 'image' is a list of 2 images"):
+        label_dataset(tmp_path / "no-clip", vocab, data, images, tmp_path / "out", device="cpu",
+                      show_progress=False)

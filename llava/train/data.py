@@ -7,9 +7,7 @@ truncates to `tokenizer.model_max_length`, and stacks images (B, 3, H, W).
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from llava.constants import IGNORE_INDEX
 from llava.conversation import Conversation, conv_templates
 from llava.mm_utils import process_images
 
+from .llava_json import load_llava_json, sample_id
 from .preprocess import LabelAlignmentError, preprocess_multimodal, tokenize_conversation
 
 logger = logging.getLogger(__name__)
@@ -30,42 +29,39 @@ IMAGE_LENGTH_PROXY = 128
 
 
 def conversation_template(version: str) -> Conversation:
-    """The template `--version` names; upstream falls back to vicuna_v1 for unknown names."""
-    if version in conv_templates:
-        return conv_templates[version]
-    logger.warning("--version %r is not a known template: using vicuna_v1", version)
-    return conv_templates["vicuna_v1"]
+    """The template `--version` names; an unknown name is an error listing the known ones.
 
-
-def load_llava_json(path: str | os.PathLike) -> list[dict]:
-    """Read a LLaVA JSON list and check every entry has `conversations` (errors name the entry)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"--data_path {path} does not exist")
-    with path.open() as f:
-        records = json.load(f)
-    if not isinstance(records, list):
-        raise ValueError(f"{path}: a LLaVA data file is a JSON list of samples, got {type(records).__name__}")
-    for i, record in enumerate(records):
-        if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
-            raise ValueError(
-                f"{path}: entry {i} (id {record.get('id') if isinstance(record, dict) else None!r}) "
-                "has no 'conversations' list"
-            )
-    return records
+    Upstream falls back to vicuna_v1 for an unknown name, which silently changes stage 1's
+    prompt format (plain → v1) on a typo; anyone who wants vicuna_v1 can name it.
+    """
+    if version not in conv_templates:
+        raise ValueError(
+            f"--version {version!r} is not a known conversation template; known: {', '.join(conv_templates)}"
+        )
+    return conv_templates[version]
 
 
 class LazySupervisedDataset(Dataset):
     """Tokenises and loads each sample when it is asked for (upstream's class name).
 
-    Samples whose labels cannot be aligned raise `LabelAlignmentError` naming the id; with
-    `data_args.label_mismatch == "skip"` they are replaced by the next good sample and
-    counted in `self.skipped` (per process) with a logged warning.
+    The whole file is checked when the dataset is built (`llava_json`'s rules: ids, one
+    image path and one `<image>` per image record, string turns), and image records need a
+    vision tower (`data_args.is_multimodal`). Samples whose labels cannot be aligned raise
+    `LabelAlignmentError` naming the id; with `data_args.label_mismatch == "skip"` they are
+    replaced by the next good sample and counted in `self.skipped` (per process) with a
+    logged warning.
     """
 
     def __init__(self, data_path: str, tokenizer, data_args, template: Conversation | None = None):
         super().__init__()
         self.list_data_dict = load_llava_json(data_path)
+        if not data_args.is_multimodal:
+            image_ids = [sample_id(s) for s in self.list_data_dict if "image" in s]
+            if image_ids:
+                raise ValueError(
+                    f"{data_path}: {len(image_ids)} record(s) have an 'image' (ids {image_ids[:5]}) but the "
+                    "run has no vision tower: pass --vision_tower, or train on text-only records"
+                )
         self.tokenizer = tokenizer
         self.data_args = data_args
         self.template = template or conversation_template(getattr(data_args, "version", "vicuna_v1"))
@@ -90,7 +86,7 @@ class LazySupervisedDataset(Dataset):
         return sum(len(turn["value"].split()) for turn in sample["conversations"])
 
     def sample_id(self, i: int) -> str:
-        return str(self.list_data_dict[i].get("id", i))
+        return sample_id(self.list_data_dict[i])
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if self.data_args.label_mismatch == "error":

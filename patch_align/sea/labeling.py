@@ -36,6 +36,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from llava.mm_utils import process_images
+from llava.train.llava_json import image_samples
 from patch_align.sea.store import (
     INDEX_FILE,
     SETTINGS_FILE,
@@ -111,30 +112,12 @@ class ImageRecord:
 def image_records(data_path: str | Path) -> tuple[list[ImageRecord], int]:
     """The image records of a LLaVA data file, in file order, and the number of text-only records.
 
-    Raises ValueError naming the record for a missing/non-string 'id' or 'image', or a repeated id.
+    The file is read by `llava.train.llava_json.image_samples` (the training reader's rules,
+    and unique ids among image records: labels are keyed by id); a bad record is a
+    `LlavaDataError` (a ValueError) naming the file and the record.
     """
-    data_path = Path(data_path)
-    records = json.loads(data_path.read_text(encoding="utf-8"))
-    if not isinstance(records, list):
-        raise ValueError(f"{data_path}: expected a JSON list of LLaVA records")
-    found: list[ImageRecord] = []
-    seen: set[str] = set()
-    text_only = 0
-    for index, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise ValueError(f"{data_path}: record {index} is not an object")
-        if "image" not in record:
-            text_only += 1
-            continue
-        sample_id, image = record.get("id"), record["image"]
-        if not isinstance(sample_id, (str, int)) or not isinstance(image, str):
-            raise ValueError(f"{data_path}: record {index} needs a string 'id' and 'image'")
-        sample_id = str(sample_id)
-        if sample_id in seen:
-            raise ValueError(f"{data_path}: record {index} repeats id {sample_id!r}; labels are keyed by id")
-        seen.add(sample_id)
-        found.append(ImageRecord(sample_id, image))
-    return found, text_only
+    samples, text_only = image_samples(data_path)
+    return [ImageRecord(s.id, s.image) for s in samples], text_only
 
 
 def load_images(records: list[ImageRecord], image_folder: Path) -> tuple[list[Image.Image], list[int],

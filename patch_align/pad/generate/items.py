@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
+
+from llava.train.llava_json import image_samples
 
 
 @dataclass(frozen=True)
@@ -19,35 +20,16 @@ class ImageItem:
 
 
 def caption_of(sample: dict[str, Any]) -> str:
-    """The first model ('gpt') turn of a LLaVA sample: the caption in the pretraining set, '' if none."""
-    for turn in sample.get("conversations") or []:
-        if isinstance(turn, dict) and turn.get("from") == "gpt" and isinstance(turn.get("value"), str):
-            return turn["value"]
-    return ""
+    """The first model ('gpt') turn of a checked LLaVA sample: the pretraining set's caption, '' if none."""
+    return next((turn["value"] for turn in sample["conversations"] if turn["from"] == "gpt"), "")
 
 
 def load_image_items(data_path: str | os.PathLike) -> tuple[list[ImageItem], int]:
     """The samples with an image, in file order, and the number of text-only samples skipped.
 
-    Raises ValueError naming the file and sample for a sample that is not an object with
-    a string id, and for an id that appears twice (PAD joins on ids).
+    The file is read by `llava.train.llava_json.image_samples` (the training reader's rules,
+    and unique ids among image samples: PAD joins on ids); a bad sample is a `LlavaDataError`
+    (a ValueError) naming the file and the sample.
     """
-    with open(data_path, encoding="utf-8") as f:
-        samples = json.load(f)
-    if not isinstance(samples, list):
-        raise ValueError(f"{data_path}: expected a JSON list of samples")
-    items: list[ImageItem] = []
-    seen: set[str] = set()
-    text_only = 0
-    for position, sample in enumerate(samples):
-        if not isinstance(sample, dict) or not isinstance(sample.get("id"), (str, int)):
-            raise ValueError(f"{data_path}: sample {position} has no string 'id'")
-        if not isinstance(sample.get("image"), str):
-            text_only += 1
-            continue
-        sample_id = str(sample["id"])
-        if sample_id in seen:
-            raise ValueError(f"{data_path}: sample {position}: id {sample_id} appears twice")
-        seen.add(sample_id)
-        items.append(ImageItem(position, sample_id, sample["image"], caption_of(sample)))
-    return items, text_only
+    samples, text_only = image_samples(data_path)
+    return [ImageItem(s.index, s.id, s.image, caption_of(s.record)) for s in samples], text_only
