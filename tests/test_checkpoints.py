@@ -29,6 +29,7 @@ from llava.model.checkpoints import (
     projector_state_dict,
     save_projector,
 )
+from llava.model.language_model.llava_llama import LlavaConfig
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECTOR_KEYS = {f"model.mm_projector.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")}
@@ -284,3 +285,69 @@ def test_adapter_config_of_another_peft_method_is_an_error_naming_the_file(tmp_p
     (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "IA3", "target_modules": []}))
     with pytest.raises(ValueError, match=r"adapter_config\.json: not a LoRA adapter config \(peft_type 'IA3"):
         make_adapter_config_portable(tmp_path)
+
+
+TINY_LLAMA = {
+    "vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+}
+
+
+@pytest.mark.parametrize(
+    ("rope_parameters", "rope_scaling"),
+    [
+        ({"rope_type": "default", "rope_theta": 500000.0}, None),  # Llama-3
+        ({"rope_type": "linear", "rope_theta": 1e6, "factor": 4}, {"type": "linear", "factor": 4.0}),
+        # not representable in 4.37: written so that 4.37 refuses it rather than using plain RoPE
+        (
+            {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+             "high_freq_factor": 4.0, "original_max_position_embeddings": 256},
+            {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+             "original_max_position_embeddings": 256},
+        ),
+    ],
+)
+def test_config_json_carries_the_rope_keys_transformers_4_reads(tmp_path, rope_parameters, rope_scaling):
+    config = LlavaConfig(**TINY_LLAMA, max_position_embeddings=512, rope_parameters=dict(rope_parameters))
+    config.save_pretrained(tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert written["rope_theta"] == rope_parameters["rope_theta"]
+    assert written["rope_scaling"] == rope_scaling
+    assert LlavaConfig.from_pretrained(str(tmp_path)).rope_parameters == config.rope_parameters
+
+
+def test_transformers_4_config_with_linear_rope_scaling_keeps_it_through_a_save(tmp_path):
+    # the way vicuna-7b-v1.5-16k's config.json (transformers 4.x) states it
+    old = {"model_type": "llava_llama", **TINY_LLAMA, "rope_theta": 10000.0,
+           "rope_scaling": {"factor": 4.0, "type": "linear"}}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    loaded = LlavaConfig.from_pretrained(str(tmp_path))
+    resaved = tmp_path / "resaved"
+    loaded.save_pretrained(resaved)
+    written = json.loads((resaved / "config.json").read_text())
+    assert (written["rope_theta"], written["rope_scaling"]) == (10000.0, {"type": "linear", "factor": 4.0})
+    assert LlavaConfig.from_pretrained(str(resaved)).rope_parameters == loaded.rope_parameters
+
+
+def test_rope_theta_edited_without_rope_parameters_is_an_error(tmp_path):
+    rope = {"rope_type": "default", "rope_theta": 500000.0}
+    LlavaConfig(**TINY_LLAMA, rope_parameters=rope).save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "rope_theta": 10000.0}))
+    with pytest.raises(ValueError, match=r"top-level \{'rope_theta': 10000.0\} \(read by transformers 4.x\)"):
+        LlavaConfig.from_pretrained(str(tmp_path))
+
+
+def test_full_checkpoint_of_a_non_default_rope_llm_writes_rope_theta_and_keeps_its_logits(tmp_path):
+    from llava.model import LlavaLlamaForCausalLM
+
+    config = LlavaConfig(**TINY_LLAMA, rope_parameters={"rope_type": "default", "rope_theta": 500000.0})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LlavaLlamaForCausalLM(config).eval()
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["rope_theta"] == 500000.0
+    loaded = LlavaLlamaForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
+    ids = torch.arange(1, 40)[None]
+    with torch.inference_mode():
+        assert torch.equal(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
