@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from greedy_reference import greedy_new_tokens
+from PIL import Image
 
-from llava.eval import run_llava
+from llava.eval import generation, run_llava
+from llava.eval.generation import encode_images, trim_at_stop_strings
 from llava.eval.run_llava import (
     conv_mode_for_model,
     image_query,
@@ -21,11 +24,42 @@ from llava.eval.run_llava import (
     single_turn_prompt,
     stop_string,
 )
+from llava.mm_utils import tokenizer_image_token
+from llava.model.builder import load_pretrained_model
 from llava.serve import cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Upstream's greedy answer to this question about img003 with vicuna_v1 (8 new tokens) is golden.
 QUESTION = "What is in the picture?"
+
+
+@pytest.fixture(scope="module")
+def golden_model(golden_dir):
+    """(tokenizer, model, image_processor) of the golden tiny checkpoint, for reference computations."""
+    tokenizer, model, image_processor, _ = load_pretrained_model(
+        str(golden_dir / "llava-v1.5-tiny"), None, "llava-v1.5-tiny", device="cpu"
+    )
+    model.eval()
+    return tokenizer, model, image_processor
+
+
+def _second_turn_greedy_answer(
+    golden_model, golden_case, question: str, max_new_tokens: int
+) -> tuple[list[int], str]:
+    """The serve chat's second answer computed directly, as (new tokens, answer): the vicuna_v1
+    conversation holding the image turn and its golden answer, then `question`, greedy by full forwards."""
+    tokenizer, model, image_processor = golden_model
+    conv = new_chat("vicuna_v1")
+    for user_text, answer in ((f"<image>\n{QUESTION}", golden_case["answer"]), (question, None)):
+        conv.append_message(conv.roles[0], user_text)
+        conv.append_message(conv.roles[1], answer)
+    with Image.open(golden_case["image"]) as image:
+        image = image.convert("RGB")
+    pixels = encode_images([image], image_processor, model.config.image_aspect_ratio)
+    ids = tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt")
+    new = greedy_new_tokens(model, ids, max_new_tokens, tokenizer.eos_token_id, images=pixels,
+                            image_sizes=[image.size])
+    return new, trim_at_stop_strings(tokenizer.decode(new, skip_special_tokens=True), [stop_string(conv)])
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +69,7 @@ def golden_case(golden_dir):
         "model": str(golden_dir / "llava-v1.5-tiny"),
         "image": str(golden_dir / "fixtures-437" / "images" / case["image"]),
         "answer": case["generated_text_strip"],
+        "tokens": case["new_token_ids"],
     }
 
 
@@ -92,16 +127,41 @@ def test_run_llava_prints_upstreams_greedy_answer(golden_case, capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1] == golden_case["answer"] == ",ox,ox,ox,ox"
 
 
-def test_run_llava_answers_a_text_only_query(golden_case, capsys):
+def _record_returns(monkeypatch, owner, name: str) -> list:
+    """Wrap `owner.name` so that every value it returns is also appended to the returned list."""
+    returned, real = [], getattr(owner, name)
+
+    def recording(*args, **kwargs):
+        returned.append(real(*args, **kwargs))
+        return returned[-1]
+
+    monkeypatch.setattr(owner, name, recording)
+    return returned
+
+
+def test_run_llava_answers_a_text_only_query_with_the_greedy_tokens(
+    golden_case, golden_model, capsys, monkeypatch
+):
+    generated = _record_returns(monkeypatch, generation, "generate_batch_token_ids")
     answer = run_llava.main([
         "--model-path", golden_case["model"], "--query", "Name one object.", "--temperature", "0",
         "--max_new_tokens", "4", "--device", "cpu",
     ])
-    assert answer != ""
+    tokenizer, model, _ = golden_model
+    # No --conv-mode: "llava-v1.5-tiny" names the llava_v1 template; no image: the query is the user turn.
+    ids = tokenizer_image_token(single_turn_prompt("llava_v1", "Name one object."), tokenizer,
+                                return_tensors="pt")
+    expected = greedy_new_tokens(model, ids, 4, tokenizer.eos_token_id)
+    # The tiny model answers in byte tokens that decode to replacement characters: compare the tokens.
+    assert generated == [[expected]] and len(expected) == 4
+    assert answer == tokenizer.decode(expected, skip_special_tokens=True).strip()
     assert capsys.readouterr().out == answer + "\n"
 
 
-def test_serve_cli_chats_until_an_empty_line_and_streams_each_answer(golden_case, capsys):
+def test_serve_cli_chats_until_an_empty_line_and_streams_each_answer(
+    golden_case, golden_model, capsys, monkeypatch
+):
+    generated = _record_returns(monkeypatch, cli, "generate_token_ids")
     answers = cli.main(
         ["--model-path", golden_case["model"], "--image-file", golden_case["image"], "--conv-mode",
          "vicuna_v1", "--temperature", "0", "--max-new-tokens", "8", "--device", "cpu"],
@@ -110,6 +170,9 @@ def test_serve_cli_chats_until_an_empty_line_and_streams_each_answer(golden_case
     out = capsys.readouterr().out
     assert len(answers) == 2
     assert answers[0] == golden_case["answer"]  # the first turn is upstream's exact prompt
+    second_tokens, second_text = _second_turn_greedy_answer(golden_model, golden_case, "And now?", 8)
+    assert [row for [row] in generated] == [golden_case["tokens"], second_tokens]
+    assert answers[1] == second_text
     assert out.count("USER: ") == 3 and out.count("ASSISTANT: ") == 2
     assert golden_case["answer"] in out  # streamed as it was generated
     assert out.rstrip().endswith("exit...")
@@ -127,6 +190,45 @@ def test_in_process_inference_leaves_torch_layer_initialisation_alone(golden_cas
               "--device", "cpu"], input_stream=io.StringIO("hi\n\n"))
     assert torch.nn.Linear.reset_parameters is linear_init
     assert torch.nn.LayerNorm.reset_parameters is norm_init
+
+
+def _never_load(*args, **kwargs):
+    raise AssertionError("a model was loaded")
+
+
+@pytest.fixture
+def bad_inputs(golden_case, tmp_path) -> dict[str, str]:
+    """Paths of a missing image, a file that is not an image, and a real image."""
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not a picture")
+    return {"absent": str(tmp_path / "absent.png"), "not_an_image": str(not_an_image),
+            "image": golden_case["image"]}
+
+
+@pytest.mark.parametrize(("entry", "flags", "message"), [
+    ("run_llava", ["--image-file", "{absent}"], "image file not found: {absent}"),
+    ("run_llava", ["--image-file", "{not_an_image}"], "image file {not_an_image} is not a readable image"),
+    ("run_llava", ["--image-file", "https://example.org/a.png"],
+     "https://example.org/a.png: image URLs are not supported"),
+    ("run_llava", ["--conv-mode", "vicuna_v9"], "--conv-mode 'vicuna_v9' is not a template"),
+    ("run_llava", ["--image-file", "{image}", "--query", "<image-placeholder> vs <image-placeholder>"],
+     "the query has 2 <image-placeholder> but 1 image(s) were given"),
+    ("serve", ["--image-file", "{absent}"], "image file not found: {absent}"),
+    ("serve", ["--image-file", "{not_an_image}"], "image file {not_an_image} is not a readable image"),
+    ("serve", ["--conv-mode", "vicuna_v9"], "--conv-mode 'vicuna_v9' is not a template"),
+])
+def test_bad_image_or_conversation_mode_exits_2_before_the_model_loads(
+    golden_case, bad_inputs, monkeypatch, capsys, entry, flags, message
+):
+    module = run_llava if entry == "run_llava" else cli
+    monkeypatch.setattr(module, "load_pretrained_model", _never_load)
+    argv = ["--model-path", golden_case["model"], "--device", "cpu", *[f.format(**bad_inputs) for f in flags]]
+    if entry == "run_llava" and "--query" not in flags:
+        argv += ["--query", QUESTION]
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(argv, input_stream=io.StringIO("hi\n")) if entry == "serve" else module.main(argv)
+    assert exit_info.value.code == 2
+    assert f"error: {message.format(**bad_inputs)}" in capsys.readouterr().err
 
 
 def _run_module(module: str, args: list[str], stdin: str = "") -> subprocess.CompletedProcess:

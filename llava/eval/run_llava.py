@@ -68,6 +68,15 @@ def image_token_text(mm_use_im_start_end: bool) -> str:
     return DEFAULT_IMAGE_TOKEN
 
 
+def check_image_placeholders(query: str, n_images: int) -> None:
+    """A query with `<image-placeholder>`s must have one per image (none: images go in front)."""
+    n_placeholders = query.count(IMAGE_PLACEHOLDER)
+    if n_placeholders and n_placeholders != n_images:
+        raise ValueError(
+            f"the query has {n_placeholders} {IMAGE_PLACEHOLDER} but {n_images} image(s) were given"
+        )
+
+
 def image_query(query: str, n_images: int, mm_use_im_start_end: bool = False) -> str:
     """The user turn for `query` about `n_images` images.
 
@@ -75,12 +84,8 @@ def image_query(query: str, n_images: int, mm_use_im_start_end: bool = False) ->
     `n_images`); without placeholders one image token per image goes in front, then a newline.
     """
     token = image_token_text(mm_use_im_start_end)
-    n_placeholders = query.count(IMAGE_PLACEHOLDER)
-    if n_placeholders:
-        if n_placeholders != n_images:
-            raise ValueError(
-                f"the query has {n_placeholders} {IMAGE_PLACEHOLDER} but {n_images} image(s) were given"
-            )
+    check_image_placeholders(query, n_images)
+    if IMAGE_PLACEHOLDER in query:
         return query.replace(IMAGE_PLACEHOLDER, token)
     if n_images == 0:
         return query
@@ -120,7 +125,7 @@ def resolve_device(device: str) -> str:
 
 
 def load_images(image_files: Sequence[str]) -> list[Image.Image]:
-    """Open local image files as RGB; a missing file or an URL is an error naming it."""
+    """Open local image files as RGB; a missing or unreadable file or an URL is an error naming it."""
     images = []
     for image_file in image_files:
         if re.match(r"^[a-z]+://", image_file):
@@ -128,22 +133,34 @@ def load_images(image_files: Sequence[str]) -> list[Image.Image]:
         path = Path(image_file)
         if not path.is_file():
             raise FileNotFoundError(f"image file not found: {image_file}")
-        with Image.open(path) as image:
-            images.append(image.convert("RGB"))
+        try:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        except (OSError, SyntaxError) as error:  # PIL raises these for a file it cannot decode
+            raise ValueError(f"image file {image_file} is not a readable image ({error})") from error
     return images
 
 
-def eval_model(args: argparse.Namespace) -> str:
-    """Load the model, answer `args.query` about `args.image_file`, print and return the answer."""
-    model_name = get_model_name_from_path(args.model_path)
-    device = resolve_device(args.device)
-    tokenizer, model, image_processor, _ = load_pretrained_model(
-        args.model_path, args.model_base, model_name, device=device
-    )
-    model.eval()
+def query_inputs(args: argparse.Namespace) -> tuple[list[Image.Image], str]:
+    """The query's images and conversation mode, checked without a model (ValueError/OSError naming
+    the bad file or flag): cheap checks come before the model load."""
     image_files = [f for f in args.image_file.split(args.sep) if f] if args.image_file else []
     images = load_images(image_files)
-    conv_mode = choose_conv_mode(model_name, args.conv_mode)
+    check_image_placeholders(args.query, len(images))
+    return images, choose_conv_mode(get_model_name_from_path(args.model_path), args.conv_mode)
+
+
+def eval_model(args: argparse.Namespace, inputs: tuple[list[Image.Image], str] | None = None) -> str:
+    """Answer `args.query` about `args.image_file`, print and return the answer.
+
+    `inputs`: what `query_inputs(args)` returned (computed here when None), so the model loads last.
+    """
+    images, conv_mode = inputs if inputs is not None else query_inputs(args)
+    model_name = get_model_name_from_path(args.model_path)
+    tokenizer, model, image_processor, _ = load_pretrained_model(
+        args.model_path, args.model_base, model_name, device=resolve_device(args.device)
+    )
+    model.eval()
     user_text = image_query(args.query, len(images), getattr(model.config, "mm_use_im_start_end", False))
     prompt = single_turn_prompt(conv_mode, user_text)
     [answer] = generate_batch(
@@ -182,7 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    return eval_model(build_parser().parse_args(argv))
+    """Parse flags, check images and conversation mode (exit 2 naming the problem), then answer."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        inputs = query_inputs(args)
+    except (OSError, ValueError) as error:
+        parser.error(str(error))
+    return eval_model(args, inputs)
 
 
 if __name__ == "__main__":

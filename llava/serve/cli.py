@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from PIL import Image
 from transformers import TextStreamer
 
 from llava.eval.generation import GenerationSettings, decode_answers, encode_images, generate_token_ids
@@ -35,15 +36,17 @@ def chat(
     tokenizer,
     image_processor,
     conv_mode: str,
-    image_file: str | None,
+    images: Sequence[Image.Image],
     settings: GenerationSettings,
     *,
     input_stream: TextIO,
     debug: bool = False,
 ) -> list[str]:
-    """Run the chat loop over the lines of `input_stream`; returns the answers in turn order."""
+    """Run the chat loop over the lines of `input_stream`; returns the answers in turn order.
+
+    `images` (RGB, as `load_images` opens them; empty for a text-only chat) go into the first turn.
+    """
     conv = new_chat(conv_mode)
-    images = load_images([image_file]) if image_file else []
     pixel_values = encode_images(images, image_processor, getattr(model.config, "image_aspect_ratio", None))
     image_sizes = [image.size for image in images]
     image_pending = bool(images)
@@ -94,9 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, input_stream: TextIO | None = None) -> list[str]:
-    """Parse flags, load the model and chat over `input_stream` (default: stdin)."""
-    args = build_parser().parse_args(argv)
+    """Parse flags, check the image and conversation mode (exit 2 naming the problem), then load the
+    model and chat over `input_stream` (default: stdin)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     model_name = get_model_name_from_path(args.model_path)
+    try:
+        conv_mode = choose_conv_mode(model_name, args.conv_mode)
+        images = load_images([args.image_file]) if args.image_file else []
+    except (OSError, ValueError) as error:
+        parser.error(str(error))
     tokenizer, model, image_processor, _ = load_pretrained_model(
         args.model_path,
         args.model_base,
@@ -106,7 +116,6 @@ def main(argv: Sequence[str] | None = None, input_stream: TextIO | None = None) 
         device=resolve_device(args.device),
     )
     model.eval()
-    conv_mode = choose_conv_mode(model_name, args.conv_mode)
     settings = GenerationSettings(
         temperature=args.temperature,
         max_new_tokens=args.max_new_tokens,
@@ -117,7 +126,7 @@ def main(argv: Sequence[str] | None = None, input_stream: TextIO | None = None) 
         tokenizer,
         image_processor,
         conv_mode,
-        args.image_file,
+        images,
         settings,
         input_stream=input_stream or sys.stdin,
         debug=args.debug,
