@@ -8,12 +8,14 @@ images, a left-padded batch with a bool mask, text-only generation and log-likel
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from greedy_reference import greedy_new_tokens
 from PIL import Image
 
 from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
@@ -60,7 +62,7 @@ def test_loader_returns_upstreams_four_values(harness):
     assert tokenizer.decode(tokenizer("a red box").input_ids, skip_special_tokens=True) == "a red box"
 
 
-def test_left_padded_fp16_batch_generates_what_each_prompt_generates_alone(harness):
+def test_left_padded_fp16_batch_generates_what_each_prompt_generates_alone(harness, golden_dir):
     tokenizer, model, processor, _, images = harness
     questions = [DEFAULT_IMAGE_TOKEN + "\nWhat is in the picture?",
                  DEFAULT_IMAGE_TOKEN + "\nWhat colour is the box on the left of the picture?"]
@@ -88,18 +90,22 @@ def test_left_padded_fp16_batch_generates_what_each_prompt_generates_alone(harne
     assert batched.shape[0] == 2 and batched.shape[1] <= MAX_NEW  # only the new tokens come back
     for row in range(2):
         assert batched[row].tolist()[: len(alone[row])] == alone[row]
+    # Upstream's greedy tokens for the first question about img001 (fp32; fp16 pixels pick the same).
+    golden = json.loads((golden_dir / "infer.json").read_text())["full"]["cases"]["pad/tall_60x80"]
+    assert alone[0] == golden["new_token_ids"][:MAX_NEW]
     texts = tokenizer.batch_decode(batched, skip_special_tokens=True)
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
 
 
-def test_text_only_generation_takes_no_images(harness):
+def test_text_only_generation_takes_no_images_and_returns_the_greedy_tokens(harness):
     tokenizer, model, _, _, _ = harness
     ids = tokenizer_image_token(vicuna_prompt("Name one colour."), tokenizer, IMAGE_TOKEN_INDEX,
                                 return_tensors="pt")[None]
     with torch.inference_mode():
         out = model.generate(ids, images=None, image_sizes=[], do_sample=False, max_new_tokens=3,
                              use_cache=True)
-    assert out.shape[0] == 1 and 1 <= out.shape[1] <= 3
+    # Only the new tokens come back, and they are the arg-max chain of full forwards without a cache.
+    assert out.tolist() == [greedy_new_tokens(model, ids, 3, tokenizer.eos_token_id)]
 
 
 def test_loglikelihood_of_an_answer_through_the_conversation_messages(harness):
