@@ -94,12 +94,32 @@ def test_sea_stage1_without_labels_is_refused():
 
 
 def test_eval_suite_scores_rec_vqa_by_exact_match_and_captions_on_held_out_files():
-    suite = eval_suite(Path("/w"))
+    suite = eval_suite(Path("/d/world"), Path("/d"))
     tasks = {t["name"]: t for t in suite["tasks"]}
     assert {n: t["type"] for n, t in tasks.items()} == {"rec": "rec", "vqa": "gqa", "caption": "caption"}
-    assert tasks["rec"]["question_file"] == "/w/eval/rec.jsonl"
-    assert tasks["vqa"]["annotation_file"] == "/w/eval/vqa_answers.jsonl"
-    assert tasks["caption"]["annotation_file"] == "/w/eval/caption_references.json"
+    assert tasks["rec"]["question_file"] == "world/eval/rec.jsonl"
+    assert tasks["vqa"]["annotation_file"] == "world/eval/vqa_answers.jsonl"
+    assert tasks["caption"]["annotation_file"] == "world/eval/caption_references.json"
+    assert tasks["rec"]["image_folder"] == "world/images"
+
+
+def test_eval_suite_paths_are_relative_to_the_suite_folder_not_the_working_directory(tmp_path, monkeypatch):
+    """The README's `make demo` failure: a relative --out gave runs/demo/runs/demo/world/... paths."""
+    from patch_align.evaluation.suite import load_suite
+
+    monkeypatch.chdir(tmp_path)
+    world = Path("runs/demo/world")  # relative, as the default --out makes it
+    suite_path = Path("runs/demo/eval_suite.json")
+    suite_path.parent.mkdir(parents=True)
+    suite_path.write_text(json.dumps(eval_suite(world, suite_path.parent)))
+    task = {t.name: t for t in load_suite(suite_path).tasks}["rec"]
+    assert task.question_file.resolve() == (tmp_path / "runs/demo/world/eval/rec.jsonl").resolve()
+    assert task.image_folder.resolve() == (tmp_path / "runs/demo/world/images").resolve()
+
+
+def test_options_make_the_output_folder_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert DemoOptions(out=Path("runs/demo")).out == tmp_path / "runs" / "demo"
 
 
 def test_options_reject_bad_flags_by_name():
@@ -212,6 +232,23 @@ def test_smoke_demo_runs_sea_through_every_stage_and_writes_the_report(tmp_path)
     assert "--align_objective sea" in (tmp_path / "logs" / "sea-seed0-stage1.log").read_text()
     assert list(metrics["summary"]) == ["sea"]
     assert metrics["failed_runs"] == {}
+
+
+def test_the_readme_command_runs_from_any_folder_with_the_default_relative_out(tmp_path, monkeypatch):
+    """`patch-align demo` as `make demo` runs it: the CLI, its default `--out runs/demo`, a new working
+    directory (the smoke preset stands in for --quick to keep this fast)."""
+    import patch_align.world.demo as demo
+    from patch_align.cli import main
+
+    monkeypatch.setattr(demo, "QUICK_PRESET", SMOKE_PRESET)
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--quick", "--methods", "caption", "--device", "cpu", "--no-progress"]) == 0
+    out = tmp_path / "runs" / "demo"
+    assert (out / "report.md").is_file() and (out / "eval" / "results.json").is_file()
+    # what the run wrote must not depend on the folder it ran in
+    monkeypatch.chdir(tmp_path / "runs")
+    tower = json.loads((out / "runs/caption-seed0/stage2/config.json").read_text())["mm_vision_tower"]
+    assert Path(tower).is_absolute() and (Path(tower) / "config.json").is_file()
 
 
 @pytest.mark.slow

@@ -120,6 +120,9 @@ class DemoOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        # Absolute from here on: the subprocesses, the checkpoints' configs and every file the demo
+        # writes then mean the same from any working directory (llava/paths.py).
+        object.__setattr__(self, "out", Path(self.out).absolute())
         if self.seeds < 1:
             raise ValueError(f"--seeds must be >= 1, got {self.seeds}")
         unknown = [m for m in self.methods if m not in METHODS]
@@ -245,22 +248,27 @@ def stage2_command(run: RunSpec, paths: DemoPaths, preset: DemoPreset, report_to
             *_shared_flags(paths, preset.stage2, run, run.stage2, report_to)]
 
 
-def eval_suite(world: Path, captions: bool = True) -> dict[str, Any]:
+def eval_suite(world: Path, suite_folder: Path, captions: bool = True) -> dict[str, Any]:
     """The `patch-align eval` suite of the world's held-out files: REC (Acc@0.5), VQA (exact match,
-    one answer per question, hence the `gqa` task type) and, if `captions`, captions (CIDEr)."""
-    folder = str(world / WORLD_FILES["image_folder"])
+    one answer per question, hence the `gqa` task type) and, if `captions`, captions (CIDEr).
+
+    Paths are written relative to `suite_folder`, the folder the suite file will be in: the suite
+    runner resolves them against it, so the demo's output folder can be moved as a whole."""
+
+    def file(key: str) -> str:
+        return os.path.relpath(Path(world).absolute() / WORLD_FILES[key], Path(suite_folder).absolute())
+
+    folder = file("image_folder")
     tasks = [
-        {"name": "rec", "type": "rec", "question_file": str(world / WORLD_FILES["rec_questions"]),
+        {"name": "rec", "type": "rec", "question_file": file("rec_questions"),
          "image_folder": folder, "max_new_tokens": 24},
-        {"name": "vqa", "type": "gqa", "question_file": str(world / WORLD_FILES["vqa_questions"]),
-         "annotation_file": str(world / WORLD_FILES["vqa_answers"]), "image_folder": folder,
-         "max_new_tokens": 8},
+        {"name": "vqa", "type": "gqa", "question_file": file("vqa_questions"),
+         "annotation_file": file("vqa_answers"), "image_folder": folder, "max_new_tokens": 8},
     ]
     if captions:
-        tasks.append({"name": "caption", "type": "caption",
-                      "question_file": str(world / WORLD_FILES["caption_questions"]),
-                      "annotation_file": str(world / WORLD_FILES["caption_references"]),
-                      "image_folder": folder, "max_new_tokens": 40})
+        tasks.append({"name": "caption", "type": "caption", "question_file": file("caption_questions"),
+                      "annotation_file": file("caption_references"), "image_folder": folder,
+                      "max_new_tokens": 40})
     return {"defaults": {"conv_mode": "llava_v1"}, "tasks": tasks}
 
 
@@ -657,7 +665,8 @@ def captions_scorable() -> bool:
 
 def _evaluate(runs: list[_RunState], world: Path, options: DemoOptions, results: dict[str, Any]) -> str:
     suite_path = options.out / "eval_suite.json"
-    suite_path.write_text(json.dumps(eval_suite(world, captions=captions_scorable()), indent=2) + "\n")
+    suite = eval_suite(world, suite_path.parent, captions=captions_scorable())
+    suite_path.write_text(json.dumps(suite, indent=2) + "\n")
     eval_dir = options.out / "eval"
     shutil.rmtree(eval_dir, ignore_errors=True)
     argv = ["eval", "--suite", str(suite_path), "--out", str(eval_dir), "--device", options.device,
