@@ -10,7 +10,9 @@ Questions: JSONL records with `question_id`, `text` and optionally `image` (a pa
 Chunk K of N is the K-th slice of a ceil split, so the chunk files concatenated in chunk
 order hold the questions in the order of a single run. The answers file is appended to and
 flushed line by line: a re-run skips questions already answered there, and a last line cut
-off by an interrupted run is removed first.
+off by an interrupted run is removed first. Before the model loads, the conversation mode,
+the question file and every image file of the chunk are checked; a problem exits with
+status 2 and a message naming it (missing images are counted, the first five named).
 """
 
 from __future__ import annotations
@@ -99,7 +101,9 @@ def check_question_images(questions: Sequence[dict[str, Any]], image_folder: str
             problems.append(f"question {question['question_id']!r}: image not found: {path}")
     if problems:
         listed = "\n  ".join(problems[:MAX_LISTED]) + ("\n  ..." if len(problems) > MAX_LISTED else "")
-        raise ValueError(f"{len(problems)} of {len(questions)} questions have no readable image file:\n  {listed}")
+        raise ValueError(
+            f"{len(problems)} of {len(questions)} questions have no readable image file:\n  {listed}"
+        )
 
 
 def repair_answers_file(path: str | Path) -> set[Any]:

@@ -2,6 +2,9 @@
 
     python -m llava.eval.run_llava --model-path CKPT --image-file a.png[,b.png] --query "What is this?"
 
+The image files, the conversation mode and the query's `<image-placeholder>` count are checked
+before the model loads; a problem exits with status 2 and a message naming the file or flag.
+
 Also home of the prompt helpers the other inference entry points share: the conversation
 mode inferred from the model name, the image tokens put in front of a query, the stop
 string of a template, and the device choice with CPU fallback.

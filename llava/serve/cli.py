@@ -4,7 +4,8 @@
 
 Reads one user turn per stdin line until EOF or an empty line, and streams each answer
 to stdout as it is generated. The image (if any) goes into the first turn and stays in
-the conversation for all later turns.
+the conversation for all later turns. The image file and the conversation mode are checked
+before the model loads (exit status 2 and a message naming the problem).
 """
 
 from __future__ import annotations
