@@ -23,6 +23,7 @@ from transformers import AutoTokenizer, HfArgumentParser, Trainer, set_seed
 from llava.model import LlavaLlamaForCausalLM
 from llava.model.builder import resolve_attn_implementation
 from llava.model.checkpoints import NON_LORA_FILE, atomic_torch_save, cpu_copies
+from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments
 from llava.train.data import conversation_template
 from llava.train.llava_trainer import unwrap_peft
@@ -37,6 +38,23 @@ def compute_dtype(training_args) -> torch.dtype:
     if training_args.fp16:
         return torch.float16
     return torch.float32
+
+
+def init_deepspeed_comm(training_args: TrainingArguments) -> None:
+    """Bring up DeepSpeed's communication layer on the process group the arguments created.
+
+    Parsing `TrainingArguments` with `--deepspeed` already starts torch.distributed (transformers
+    reads the world size to fill the config's batch sizes). On a CPU (`use_cpu`, which
+    `arguments.py` sets without CUDA) accelerate starts it directly with gloo, not through
+    `deepspeed.init_distributed`, so `deepspeed.zero.Init` inside `from_pretrained` would read its
+    config before DeepSpeed knows any group, see a world size of 1 and reject the batch sizes
+    computed for the real one. On GPUs accelerate calls `init_distributed` itself; this is then a no-op.
+    """
+    if not training_args.deepspeed or not torch.distributed.is_initialized():
+        return
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
 
 
 def load_tokenizer(model_args, training_args):
@@ -120,7 +138,15 @@ def apply_lora(model, training_args):
 def attach_vision(model, tokenizer, model_args, data_args, training_args) -> None:
     """Load the tower, build/load the projector, and record the multimodal settings in the config."""
     llava = unwrap_peft(model)
-    llava.get_model().initialize_vision_modules(model_args=model_args, fsdp=training_args.fsdp)
+    body = llava.get_model()
+    if body.get_vision_tower() is None:
+        # Loaded outside the seeded random stream the projector is drawn from: under ZeRO-3 the
+        # tower's from_pretrained initialises its partitioned weights (random draws) before loading
+        # them, which would give a ZeRO-3 run another initial projector than any other run.
+        with torch.random.fork_rng(devices=[]):
+            tower = build_vision_tower(model_args)
+        body.vision_tower = [tower] if training_args.fsdp else tower  # as initialize_vision_modules does
+    body.initialize_vision_modules(model_args=model_args, fsdp=training_args.fsdp)
     tower = llava.get_vision_tower()
     tower.vision_tower.to(dtype=compute_dtype(training_args), device=training_args.device)
     data_args.image_processor = tower.image_processor
@@ -177,6 +203,7 @@ def build_trainer(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     set_seed(training_args.seed)  # before the projector is built: runs are reproducible
+    init_deepspeed_comm(training_args)  # before zero.Init partitions the model in from_pretrained
     data_args.version = model_args.version
 
     tokenizer = load_tokenizer(model_args, training_args)
