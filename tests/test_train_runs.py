@@ -1,8 +1,9 @@
 """Training runs launched the way LLaVA-1.5's scripts launch them: subprocesses with upstream's flags.
 
 Runs are few and tiny (the `tiny_setup` LLM and tower, 24 images + 2 text-only samples) and shared
-through module-scoped fixtures: one stage-1 pretrain (which also records the full model state at
-the start and the end of training), one finetune fed by its projector, and one resumed pretrain.
+through module-scoped fixtures: one stage-1 pretrain and one finetune fed by its projector (both
+record the full model state at the start and the end of training), one LoRA finetune, and resumed
+runs of the pretrain and the LoRA finetune.
 """
 
 from __future__ import annotations
@@ -103,8 +104,31 @@ def finetune_dir(tiny_setup, pretrain_dir, tmp_path_factory) -> Path:
         "--group_by_modality_length", "True", "--learning_rate", "2e-5", "--per_device_train_batch_size", "2",
         "--max_steps", "2", "--save_strategy", "no", *upstream_flags(tiny_setup, out),
     ]
-    assert_succeeded(run_training(["-m", "llava.train.train"], flags))
+    assert_succeeded(run_training(["-c", STATE_RECORDING_ENTRY], flags))
     return out
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tiny_setup, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("lora") / "run-lora"
+    assert_succeeded(run_training(["-m", "llava.train.train"], lora_flags(tiny_setup, out)))
+    return out
+
+
+def lora_flags(setup, output_dir: Path) -> list[str]:
+    # 2 steps, a checkpoint after each
+    return [
+        "--model_name_or_path", str(setup.llm), "--version", "v1",
+        "--data_path", str(setup.finetune_json), "--lora_enable", "True", "--lora_r", "4",
+        "--learning_rate", "2e-4", "--per_device_train_batch_size", "2", "--max_steps", "2",
+        "--save_strategy", "steps", "--save_steps", "1", *upstream_flags(setup, output_dir),
+    ]
+
+
+def base_llm_state(setup) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(setup.llm / "model.safetensors"))
 
 
 def test_pretrain_trains_only_the_projector(pretrain_dir):
@@ -164,24 +188,77 @@ def test_finetune_from_the_pretrained_projector_loads_from_a_neutral_folder(fine
     assert torch.isfinite(out.loss)
 
 
-def test_lora_finetune_writes_only_the_projector_as_non_lora_trainables_and_loads(tiny_setup, tmp_path):
+def test_finetune_starts_from_the_stage1_projector_and_the_base_llm(finetune_dir, pretrain_dir, tiny_setup):
+    begin = torch.load(finetune_dir / "state_begin.pt", weights_only=True)
+    stage1 = torch.load(pretrain_dir / PROJECTOR_FILE, weights_only=True)
+    for key, tensor in stage1.items():
+        assert torch.equal(begin[key], tensor), key
+    for key, tensor in base_llm_state(tiny_setup).items():
+        assert torch.equal(begin[key], tensor), key
+
+
+def test_finetune_trains_the_llm_and_projector_but_not_the_tower(finetune_dir):
+    from safetensors.torch import load_file
+
+    begin = torch.load(finetune_dir / "state_begin.pt", weights_only=True)
+    end = torch.load(finetune_dir / "state_end.pt", weights_only=True)
+    changed = {k for k in begin if not torch.equal(begin[k], end[k])}
+    llm = {k for k in begin if ".vision_tower." not in k and "mm_projector" not in k}
+    # every LLM tensor gets a gradient, and at lr 2e-5 two Adam steps move each one
+    assert changed == llm | PROJECTOR_KEYS
+    saved = load_file(str(finetune_dir / "model.safetensors"))
+    for key in llm | PROJECTOR_KEYS:
+        assert torch.equal(saved[key], end[key]), key
+
+
+def assert_readable_by_peft_0_10(adapter_dir: Path) -> None:
+    from llava.model.checkpoints import ADAPTER_CONFIG, PEFT_0_10_LORA_KEYS
+
+    config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
+    assert set(config) <= PEFT_0_10_LORA_KEYS, sorted(set(config) - PEFT_0_10_LORA_KEYS)
+    assert (config["r"], config["lora_alpha"]) == (4, 16)
+
+
+def test_lora_adapter_configs_are_readable_by_upstreams_peft(lora_dir):
+    assert sorted(p.name for p in lora_dir.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    for folder in (lora_dir, lora_dir / "checkpoint-1", lora_dir / "checkpoint-2"):
+        assert_readable_by_peft_0_10(folder)
+
+
+def test_lora_finetune_writes_only_the_projector_as_non_lora_trainables_and_loads(tiny_setup, lora_dir):
     from llava.model.builder import load_pretrained_model
     from llava.model.checkpoints import NON_LORA_FILE
 
-    out = tmp_path / "run-lora"
-    flags = [
-        "--model_name_or_path", str(tiny_setup.llm), "--version", "v1",
-        "--data_path", str(tiny_setup.finetune_json), "--lora_enable", "True", "--lora_r", "4",
-        "--learning_rate", "2e-4", "--per_device_train_batch_size", "2", "--max_steps", "1",
-        "--save_strategy", "no", *upstream_flags(tiny_setup, out),
-    ]
-    assert_succeeded(run_training(["-m", "llava.train.train"], flags))
-    non_lora = torch.load(out / NON_LORA_FILE, weights_only=True)
+    non_lora = torch.load(lora_dir / NON_LORA_FILE, weights_only=True)
     assert set(non_lora) == {f"base_model.model.{key}" for key in PROJECTOR_KEYS}  # model.mm_projector.*
-    _, model, _, _ = load_pretrained_model(str(out), str(tiny_setup.llm), "run-lora", device="cpu")
+    _, model, _, _ = load_pretrained_model(str(lora_dir), str(tiny_setup.llm), "run-lora", device="cpu")
     loaded = dict(model.named_parameters())
     for key, tensor in non_lora.items():
         assert torch.equal(loaded[key.removeprefix("base_model.model.")], tensor), key
+    # the merged LoRA changed the LLM
+    base = base_llm_state(tiny_setup)
+    q_proj = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(loaded[q_proj], base[q_proj])
+
+
+@pytest.mark.slow
+def test_resumed_lora_finetune_ends_where_the_uninterrupted_run_ended(lora_dir, tiny_setup, tmp_path):
+    from safetensors.torch import load_file
+
+    # the state of a run stopped right after checkpoint-1: its trimmed adapter config is read back
+    stopped = tmp_path / "run-lora"
+    shutil.copytree(lora_dir / "checkpoint-1", stopped / "checkpoint-1")
+    assert_readable_by_peft_0_10(stopped / "checkpoint-1")
+    checkpoint_file = stopped / "checkpoint-1" / "adapter_model.safetensors"
+    written = checkpoint_file.stat().st_mtime_ns
+    assert_succeeded(run_training(["-m", "llava.train.train"], lora_flags(tiny_setup, stopped)))
+    assert checkpoint_file.stat().st_mtime_ns == written  # resumed, not started over
+    assert losses(stopped)[1:] == pytest.approx(losses(lora_dir)[1:], abs=1e-6)
+    resumed = load_file(str(stopped / "adapter_model.safetensors"))
+    uninterrupted = load_file(str(lora_dir / "adapter_model.safetensors"))
+    assert resumed.keys() == uninterrupted.keys()
+    for key, tensor in uninterrupted.items():
+        assert torch.allclose(resumed[key], tensor, atol=1e-7, rtol=0), key
 
 
 @pytest.mark.slow
