@@ -27,7 +27,8 @@ saves write it next to `mm_projector.bin` as `sea_temperature.bin`, and resuming
 Logged at every logging step (into `state.log_history` and every reporter): `loss_caption`;
 with patch-cosine `loss_patch` (mean per optimizer step over the logging window), `patch_beta`
 (β of the last step), `patch_cosine` (mean region cosine), `patch_regions` (regions per optimizer
-step) and running totals of the dataset's region counters (`pad_regions_*`); with SEA `loss_sea`
+step) and running totals of the dataset's region counters (`pad_regions_*`, summed over processes;
+checkpoints keep them in `pad_region_totals.bin`, so a resumed run counts on); with SEA `loss_sea`
 (mean per optimizer step), `sea_lambda` (λ of the last step), `sea_temperature` (τ now),
 `sea_pairs` (pairs per optimizer step) and `sea_accuracy` (patch→word top-1 over the window's pairs).
 """
@@ -61,6 +62,7 @@ logger = logging.getLogger(__name__)
 
 REGION_KEYS = ("region_masks", "region_sample_index", "region_label_ids", "region_label_mask")
 SEA_TEMPERATURE_FILE = "sea_temperature.bin"
+REGION_TOTALS_FILE = "pad_region_totals.bin"
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,9 @@ class PatchAlignTrainer(LLaVATrainer):
         # window sums kept on the device, so that a step never waits for a host copy
         self._window: torch.Tensor | None = None
         self._window_steps: set[int] = set()
-        self._region_totals: torch.Tensor | None = None  # since this process started
+        self._region_totals: torch.Tensor | None = None  # this process's, on the device
+        # where this process's totals start: zeros, or on rank 0 of a resumed run the checkpoint's
+        self._region_totals_at_start = torch.zeros(len(REGION_COUNTERS), dtype=torch.float64)
 
     def get_decay_parameter_names(self, model) -> list[str]:
         # weight decay would pull log τ towards 0, i.e. τ towards 1
@@ -242,7 +246,7 @@ class PatchAlignTrainer(LLaVATrainer):
         if counters is not None:
             counters = counters.to(device=device, dtype=torch.float64)
             if self._region_totals is None:
-                self._region_totals = torch.zeros_like(counters)
+                self._region_totals = self._region_totals_at_start.to(device)
             self._region_totals += counters
         self._window_steps.add(self.state.global_step)
 
@@ -253,12 +257,9 @@ class PatchAlignTrainer(LLaVATrainer):
 
     def _objective_logs(self) -> dict[str, float]:
         """Window averages (see the module docstring), summed over processes, then reset."""
-        window, counters = self._window, self._region_totals
-        processes = 1
+        window, processes = self._window, 1
         if self.args.world_size > 1:
             window = self.accelerator.gather(window.unsqueeze(0)).sum(dim=0)
-            if counters is not None:
-                counters = self.accelerator.gather(counters.unsqueeze(0)).sum(dim=0)
             processes = self.args.world_size
         sums = {name: float(value) for name, value in zip(self._window_names, window, strict=True)}
         steps = len(self._window_steps)
@@ -271,6 +272,7 @@ class PatchAlignTrainer(LLaVATrainer):
                 patch_cosine=sums["cosine_sum"] / regions if regions else 0.0,
                 patch_regions=regions / steps,
             )
+            counters = self._summed_region_totals()
             logs.update({key: float(value) for key, value in zip(REGION_COUNTERS, counters, strict=True)})
         if self.sea_loss is not None:
             pairs = sums["sea_pairs"]
@@ -285,14 +287,43 @@ class PatchAlignTrainer(LLaVATrainer):
         self._window_steps.clear()
         return logs
 
+    def _summed_region_totals(self) -> torch.Tensor:
+        """(len(REGION_COUNTERS),) float64: the running totals over all processes (each must call)."""
+        totals = self._region_totals if self._region_totals is not None else self._region_totals_at_start
+        if self.args.world_size > 1:
+            totals = self.accelerator.gather(totals.to(self.args.device).unsqueeze(0)).sum(dim=0)
+        return totals
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """LLaVA's saving, plus `sea_temperature.bin` beside a stage-1 `mm_projector.bin`."""
+        """LLaVA's saving, plus `sea_temperature.bin` beside a stage-1 `mm_projector.bin` and, in a
+        checkpoint (`_internal_call`), the region counters' totals."""
         super().save_model(output_dir, _internal_call)
+        output_dir = output_dir or self.args.output_dir
+        if self.patch_loss is not None and _internal_call:
+            totals = self._summed_region_totals().cpu()  # every process joins the gather
+            if self.args.should_save:
+                state = {key: int(value) for key, value in zip(REGION_COUNTERS, totals, strict=True)}
+                atomic_torch_save(state, os.path.join(output_dir, REGION_TOTALS_FILE))
         if self.sea_loss is None or not self.args.should_save:
             return
-        output_dir = output_dir or self.args.output_dir
         state = {k: v.detach().cpu().clone() for k, v in self._sea_temperature.state_dict().items()}
         atomic_torch_save(state, os.path.join(output_dir, SEA_TEMPERATURE_FILE))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        # the one loading hook the Trainer calls on every resume (_load_from_checkpoint is skipped
+        # under DeepSpeed, whose engine restores the weights itself)
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None or self.patch_loss is None:
+            return
+        path = os.path.join(checkpoint, REGION_TOTALS_FILE)
+        if not os.path.exists(path):  # a checkpoint from before the totals were saved: they are logs only
+            logger.warning("%s is missing: the logged pad_regions_* totals restart from 0", path)
+            return
+        if self.args.process_index == 0:  # the totals are summed over processes: counted once
+            totals = torch.load(path, map_location="cpu", weights_only=True)
+            self._region_totals_at_start = torch.tensor(
+                [totals[key] for key in REGION_COUNTERS], dtype=torch.float64
+            )
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)

@@ -33,16 +33,22 @@ def free_port() -> int:
 
 
 def launch(
-    entry: tuple[str, ...] | list[str], flags: list[str], *, processes: int = 1, launcher: str = "torchrun"
+    entry: tuple[str, ...] | list[str],
+    flags: list[str],
+    *,
+    processes: int = 1,
+    launcher: str = "torchrun",
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run `entry` (`("-m", module)` or `(script.py,)`) with `flags` on `processes` local ranks."""
+    """Run `entry` (`("-m", module)` or `(script.py,)`) with `flags` on `processes` local ranks;
+    `env` adds environment variables."""
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher must be one of {LAUNCHERS}, got {launcher!r}")
     if launcher == "python" and processes != 1:
         raise ValueError("the python launcher runs one process")
     env = {
         **os.environ, "HF_HUB_OFFLINE": "1", "WANDB_DISABLED": "true", "CUDA_VISIBLE_DEVICES": "",
-        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {}),
     }
     entry = list(entry)
     port = str(free_port())
@@ -107,16 +113,18 @@ def stage1_flags(output_dir: Path, data: Path, pad: Path | None = None, **overri
     return [part for key, value in flags.items() for part in (f"--{key}", str(value))]
 
 
-def run_differences(reference: Path, other: Path, keys: tuple[str, ...]) -> dict[str, float]:
-    """Largest relative difference of each logged `key` over the steps, and the largest absolute
-    difference of the saved projector weights (`mm_projector`); the step lists must match."""
+def log_differences(reference: Path, other: Path, keys: tuple[str, ...]) -> dict[str, float]:
+    """Largest relative difference of each logged `key` over the steps; the step lists must match."""
     ref_logs, other_logs = step_logs(reference), step_logs(other)
     assert [e["step"] for e in other_logs] == [e["step"] for e in ref_logs]
-    differences = {}
-    for key in keys:
-        differences[key] = max(
-            abs(b[key] - a[key]) / max(abs(a[key]), 1e-12) for a, b in zip(ref_logs, other_logs, strict=True)
-        )
+    pairs = list(zip(ref_logs, other_logs, strict=True))
+    return {key: max(abs(b[key] - a[key]) / max(abs(a[key]), 1e-12) for a, b in pairs) for key in keys}
+
+
+def run_differences(reference: Path, other: Path, keys: tuple[str, ...]) -> dict[str, float]:
+    """`log_differences`, and the largest absolute difference of the saved projector weights
+    (`mm_projector`)."""
+    differences = log_differences(reference, other, keys)
     ref_state = torch.load(Path(reference) / "mm_projector.bin", weights_only=True)
     other_state = torch.load(Path(other) / "mm_projector.bin", weights_only=True)
     assert ref_state.keys() == other_state.keys()

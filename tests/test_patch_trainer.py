@@ -197,3 +197,6 @@ def test_resumed_run_continues_on_the_same_beta_curve(tmp_path):
     for a, b in zip(full[3:], after[3:], strict=True):
         assert b["patch_beta"] == a["patch_beta"] == pytest.approx(5.0 * (a["step"] - 1) / 6)
         assert b["loss_patch"] == pytest.approx(a["loss_patch"], rel=1e-4)
+    # the running region totals continue from checkpoint-3's, not from 0
+    assert [d["pad_regions_fallback"] for d in after] == [d["pad_regions_fallback"] for d in full]
+    assert full[-1]["pad_regions_fallback"] > full[2]["pad_regions_fallback"] > 0
