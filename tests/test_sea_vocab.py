@@ -50,11 +50,11 @@ def test_word_list_skips_comments_and_names_duplicate_lines(tmp_path):
 def test_captions_are_the_assistant_turns_and_bad_records_are_named(tmp_path):
     data = tmp_path / "data.json"
     data.write_text(json.dumps([
-        {"id": "a", "conversations": [{"from": "human", "value": "<image>\nDescribe."},
-                                      {"from": "gpt", "value": "a red car"}]},
+        {"id": "a", "image": "a.png",
+         "conversations": [{"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": "a red car"}]},
         {"id": "b", "image": "b.png"},
     ]))
-    with pytest.raises(ValueError, match="record 1 has no 'conversations'"):
+    with pytest.raises(ValueError, match=r"record 1 \(id 'b'\): needs a non-empty 'conversations' list"):
         captions_from_llava_json(data)
 
 

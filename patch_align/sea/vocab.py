@@ -17,7 +17,6 @@ heuristic singularisation breaks words such as "glass" or "bus".
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -95,24 +94,13 @@ def _is_candidate(word: str, previous: str) -> bool:
 def captions_from_llava_json(path: str | Path) -> list[str]:
     """The assistant ("gpt") turns of a LLaVA data file: one string per turn.
 
-    Raises ValueError naming the file and record index of a malformed record.
+    The file is read by `llava.train.llava_json.load_llava_json`, the reader training uses, so a record
+    training would refuse is refused here too (`LlavaDataError` naming the file and the record).
     """
-    path = Path(path)
-    with path.open(encoding="utf-8") as handle:
-        records = json.load(handle)
-    if not isinstance(records, list):
-        raise ValueError(f"{path}: expected a JSON list of LLaVA records, got {type(records).__name__}")
-    captions = []
-    for index, record in enumerate(records):
-        turns = record.get("conversations") if isinstance(record, dict) else None
-        if not isinstance(turns, list):
-            raise ValueError(f"{path}: record {index} has no 'conversations' list")
-        for turn in turns:
-            if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
-                raise ValueError(f"{path}: record {index} has a turn without a string 'value'")
-            if turn.get("from") == "gpt":
-                captions.append(turn["value"])
-    return captions
+    from llava.train.llava_json import load_llava_json
+
+    return [turn["value"] for record in load_llava_json(path) for turn in record["conversations"]
+            if turn["from"] == "gpt"]
 
 
 def count_candidate_words(captions: Iterable[str]) -> Counter[str]:
