@@ -51,7 +51,8 @@ def test_captions_are_the_assistant_turns_and_bad_records_are_named(tmp_path):
     data = tmp_path / "data.json"
     data.write_text(json.dumps([
         {"id": "a", "image": "a.png",
-         "conversations": [{"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": "a red car"}]},
+         "conversations": [{"from": "human", "value": "<image>\nDescribe."},
+                           {"from": "gpt", "value": "a red car"}]},
         {"id": "b", "image": "b.png"},
     ]))
     with pytest.raises(ValueError, match=r"record 1 \(id 'b'\): needs a non-empty 'conversations' list"):
