@@ -186,7 +186,7 @@ def test_compare_writes_a_side_by_side_table_and_figure(tmp_path):
 
 def test_compare_names_a_folder_without_metrics(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert main(["analyze", "compare", str(tmp_path / "empty"), "--out", str(tmp_path / "cmp")]) == 1
+    assert main(["analyze", "compare", str(tmp_path / "empty"), "--out", str(tmp_path / "cmp")]) == 2
     assert "empty: no metrics.json" in capsys.readouterr().err
 
 
@@ -377,7 +377,7 @@ def test_bad_pad_records_stop_the_run_by_name_or_are_skipped_and_counted(golden_
         "--device",
         "cpu",
     ]
-    assert main([*args, "--out", str(tmp_path / "strict")]) == 1
+    assert main([*args, "--out", str(tmp_path / "strict")]) == 2
     assert "PAD record bad-missing-image: cannot read image" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "lenient"), "--on-error", "skip"]) == 0
     metrics = json.loads((tmp_path / "lenient" / "metrics.json").read_text())

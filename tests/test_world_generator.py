@@ -231,6 +231,19 @@ def test_cli_make_writes_a_world_with_the_flags(tmp_path, capsys):
     assert labels <= {"red circle", "red cross", "cyan circle", "cyan cross"}
 
 
+@pytest.mark.parametrize("damage", ["delete a file", "tear the manifest"])
+def test_a_damaged_world_is_made_again_not_reused(tmp_path, damage):
+    out = tmp_path / "w"
+    make_world(out, TINY_SPEC)
+    if damage == "delete a file":
+        (out / WORLD_FILES["vqa_answers"]).unlink()
+    else:
+        (out / "world.json").write_text('{"spec": ')
+    make_world(out, TINY_SPEC)
+    assert (out / WORLD_FILES["vqa_answers"]).is_file()
+    assert json.loads((out / "world.json").read_text())["spec"]["seed"] == TINY_SPEC.seed
+
+
 def test_an_unchanged_world_is_reused_and_a_changed_one_rewritten(world, tmp_path):
     out = tmp_path / "w"
     make_world(out, TINY_SPEC)

@@ -6,8 +6,10 @@
 
 The run flags sit on the `analyze` parser itself and `compare` is an optional subcommand, so
 both forms parse; the run's required flags are checked once it is clear no subcommand was given.
-The model is loaded only inside the command that needs it; the run flags' defaults are read from
-`AnalysisOptions`.
+The model is loaded only inside the command that needs it, after the output folder and the
+options are checked; the run flags' defaults are read from `AnalysisOptions`. Bad input (a
+missing file, a bad PAD record with `--on-error error`, a folder without metrics.json) is a
+`CommandError`: `patch-align analyze [compare]: error: ...`, exit 2.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
+
+from patch_align.cli import CommandError, output_folder, set_command
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
@@ -172,7 +175,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=default["words_per_patch"],
         help="MP words drawn per patch (default %(default)s)",
     )
-    analyze.set_defaults(func=lambda args: run_command(args, analyze))
+    set_command(analyze, lambda args: run_command(args, analyze))
 
     commands = analyze.add_subparsers(dest="analyze_command", metavar="compare")
     compare = commands.add_parser(
@@ -182,7 +185,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     compare.add_argument("runs", nargs="+", help="run folders (or their metrics.json files)")
     compare.add_argument("--out", required=True, help="output folder (created)")
-    compare.set_defaults(func=compare_command)
+    set_command(compare, compare_command)
 
 
 def options_from_args(args: argparse.Namespace):
@@ -221,21 +224,26 @@ def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
     from patch_align.analysis import figures
-    from patch_align.analysis.runner import AnalysisInputError, load_analysis_model, run_analysis
+    from patch_align.analysis.runner import (
+        AnalysisInputError,
+        check_analysis_inputs,
+        load_analysis_model,
+        run_analysis,
+    )
     from patch_align.pad import PadFormatError
 
     try:
         options = options_from_args(args)
     except ValueError as err:
         parser.error(str(err))
-    out = Path(args.out)
+    out = output_folder(args.out)
     try:
+        check_analysis_inputs(args.pad, args.image_folder)
         model = load_analysis_model(args.model_path, args.model_base, args.projector, args.device)
         result = run_analysis(model, args.pad, args.image_folder, options, progress=not args.no_progress)
     except (AnalysisInputError, PadFormatError, ValueError, OSError) as err:
         # loader and PAD errors name their file or record; a traceback would add nothing
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        raise CommandError(err) from err
     out.mkdir(parents=True, exist_ok=True)
     figure_files = [
         figures.plot_run_comparison({out.name or "run": result.metrics}, out / SUMMARY_FIGURE).name
@@ -326,7 +334,7 @@ def load_runs(paths: list[str]) -> dict[str, dict[str, Any]]:
         except json.JSONDecodeError as err:
             raise ValueError(f"{metrics_path}: not valid JSON: {err}") from err
         for section in ("compression", "alignment"):
-            if not isinstance(metrics.get(section), dict):
+            if not isinstance(metrics, dict) or not isinstance(metrics.get(section), dict):
                 raise ValueError(f"{metrics_path}: no '{section}' section (not an analyze metrics.json)")
         name = metrics_path.parent.name or str(metrics_path.parent)
         if name in runs:
@@ -359,12 +367,11 @@ def format_comparison(runs: Mapping[str, Mapping[str, Any]]) -> str:
 def compare_command(args: argparse.Namespace) -> int:
     from patch_align.analysis.figures import plot_run_comparison
 
+    out = output_folder(args.out)
     try:
         runs = load_runs(args.runs)
     except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    out = Path(args.out)
+        raise CommandError(err) from err
     out.mkdir(parents=True, exist_ok=True)
     (out / COMPARISON_TABLE).write_text(format_comparison(runs))
     plot_run_comparison(runs, out / COMPARISON_FIGURE)

@@ -601,6 +601,14 @@ class AnalysisResult:
     examples: list[ImageExample]
 
 
+def check_analysis_inputs(pad_path: str | Path, image_folder: str | Path) -> None:
+    """`AnalysisInputError` when the PAD file or the image folder is missing (cheap: before a model loads)."""
+    if not Path(pad_path).is_file():
+        raise AnalysisInputError(f"PAD file {pad_path} does not exist")
+    if not Path(image_folder).is_dir():
+        raise AnalysisInputError(f"image folder {image_folder} is not a directory")
+
+
 def run_analysis(
     analysis: AnalysisModel,
     pad_path: str | Path,
@@ -613,11 +621,8 @@ def run_analysis(
     from tqdm import tqdm
 
     options = options or AnalysisOptions()
+    check_analysis_inputs(pad_path, image_folder)
     pad_path, image_folder = Path(pad_path), Path(image_folder)
-    if not pad_path.is_file():
-        raise AnalysisInputError(f"PAD file {pad_path} does not exist")
-    if not image_folder.is_dir():
-        raise AnalysisInputError(f"image folder {image_folder} is not a directory")
     accumulator = AnalysisAccumulator(*analysis.word_dictionary(options), options)
     counts = RegionCounts()
     examples: list[ImageExample] = []

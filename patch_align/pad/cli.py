@@ -1,4 +1,9 @@
-"""The `patch-align pad ...` subcommands: argument parsing and printing only."""
+"""The `patch-align pad ...` subcommands: argument parsing and printing only.
+
+Bad input (a missing or unreadable file, a bad value) is a `CommandError`: `patch-align pad
+COMMAND: error: ...`, exit 2. Exit 1 is an answer: `validate` found bad records (or the file is
+not PAD), `merge` found the run incomplete or its shards broken.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from patch_align.cli import CommandError, output_folder, set_command
 from patch_align.pad.schema import PadFormatError
 
 
@@ -24,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                           help="tokenizer folder: also check that every label tokenises to something")
     validate.add_argument("--max-print", type=int, default=None, metavar="N",
                           help="print at most N problems (default: all); counts always cover all")
-    validate.set_defaults(func=run_validate)
+    set_command(validate, run_validate)
     _add_generate(commands)
     merge = commands.add_parser(
         "merge", help="join a generation run's shards in data order",
@@ -35,18 +41,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     merge.add_argument("--out", required=True,
                        help="merged PAD file (JSONL); failures go to <stem>.failed.jsonl")
     merge.add_argument("--data", default=None, help="data JSON (default: the one in the shard manifests)")
-    merge.set_defaults(func=run_merge)
+    set_command(merge, run_merge)
     stats = commands.add_parser("stats", help="images, regions, labels and mask areas of a PAD file")
     stats.add_argument("file", help="PAD file (.json array or .jsonl)")
     stats.add_argument("--top", type=int, default=20, metavar="K", help="labels shown at head and tail")
-    stats.set_defaults(func=run_stats)
+    set_command(stats, run_stats)
     show = commands.add_parser("show", help="PNG overlays of masks, boxes and labels")
     show.add_argument("file", help="PAD file (.json array or .jsonl)")
     show.add_argument("--image-folder", required=True,
                       help="folder the records' 'image' paths are relative to")
     show.add_argument("--ids", nargs="+", required=True, help="record ids to draw")
     show.add_argument("--out", required=True, help="folder for <id>.png")
-    show.set_defaults(func=run_show)
+    set_command(show, run_show)
 
 
 def _add_generate(commands: argparse._SubParsersAction) -> None:
@@ -92,7 +98,7 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
     generate.add_argument("--device", default=None,
                           help="default: cuda:LOCAL_RANK if CUDA is there, else cpu")
     generate.add_argument("--no-progress", action="store_true", help="no progress bar")
-    generate.set_defaults(func=run_generate)
+    set_command(generate, run_generate)
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -103,8 +109,7 @@ def run_generate(args: argparse.Namespace) -> int:
     try:
         counts, rank, world_size = generate_pad(GenerateOptions(**fields, progress=not args.no_progress))
     except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise CommandError(err) from err
     print(f"rank {rank}/{world_size}: {counts.processed} images written, {counts.failed} failed, "
           f"{counts.skipped_done} already done, {counts.regions} regions, {counts.seconds:.1f} s")
     for failure in counts.failures:
@@ -117,21 +122,26 @@ def run_merge(args: argparse.Namespace) -> int:
     from patch_align.pad.generate.shards import ShardError, merge_shards
     from patch_align.pad.schema import PAD_VERSION
 
-    manifests = [json.loads(p.read_text(encoding="utf-8"))
-                 for p in sorted(Path(args.out_dir).glob("shard-*-of-*.manifest.json"))]
+    if not Path(args.out_dir).is_dir():
+        raise CommandError(f"{args.out_dir} is not a folder (the --out of `patch-align pad generate`)")
+    manifests = [_read_shard_manifest(path)
+                 for path in sorted(Path(args.out_dir).glob("shard-*-of-*.manifest.json"))]
     data = args.data or (manifests[0]["settings"]["data"] if manifests else None)
     if data is None:
-        print(f"error: no shard manifests in {args.out_dir}; pass --data", file=sys.stderr)
-        return 2
+        raise CommandError(f"no shard manifests in {args.out_dir}; pass --data")
     out = Path(args.out)
+    if out.is_dir() or not out.parent.is_dir():
+        raise CommandError(f"--out {out}: not a file in an existing folder")
     failed_path = out.with_name(out.stem + ".failed.jsonl")
     try:
         items, _ = load_image_items(data)
         report = merge_shards(args.out_dir, [item.id for item in items], out, failed_path,
                               {"pad_version": PAD_VERSION})
+    except ShardError as err:  # the shards themselves are broken: the run's answer, not a usage error
+        print(f"{args.command_prog}: {err}", file=sys.stderr)
+        return 1
     except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2 if not isinstance(err, ShardError) else 1
+        raise CommandError(err) from err
     summary = {"data": str(data), "records": report.written, "failed": report.failed,
                "missing": len(report.missing), "duplicated": len(report.duplicated),
                "shards": [{**m["settings"], "shard_records": m["shard_records"],
@@ -147,14 +157,26 @@ def run_merge(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _read_shard_manifest(path: Path) -> dict:
+    """One `shard-*.manifest.json` of a generation run, with the keys merge reads."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CommandError(f"{path}: unreadable shard manifest ({err})") from err
+    complete = (isinstance(manifest, dict) and isinstance(manifest.get("settings"), dict)
+                and "data" in manifest["settings"] and {"shard_records", "shard_failed"} <= manifest.keys())
+    if not complete:
+        raise CommandError(f"{path}: not a shard manifest (needs settings.data, shard_records, shard_failed)")
+    return manifest
+
+
 def run_stats(args: argparse.Namespace) -> int:
     from patch_align.pad.stats import format_stats, pad_stats
 
     try:
         print(format_stats(pad_stats(args.file), args.top))
     except (PadFormatError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        raise CommandError(err) from err
     return 0
 
 
@@ -162,10 +184,11 @@ def run_show(args: argparse.Namespace) -> int:
     from patch_align.pad.show import show_records
 
     try:
-        paths = show_records(args.file, args.image_folder, args.ids, args.out)
-    except (PadFormatError, OSError, KeyError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        paths = show_records(args.file, args.image_folder, args.ids, output_folder(args.out))
+    except KeyError as err:  # unknown ids; str() of a KeyError would quote the message
+        raise CommandError(err.args[0]) from err
+    except (PadFormatError, OSError, ValueError) as err:
+        raise CommandError(err) from err
     for path in paths:
         print(path)
     return 0
@@ -178,12 +201,14 @@ def run_validate(args: argparse.Namespace) -> int:
     if args.tokenizer is not None:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        except (OSError, ValueError) as err:
+            raise CommandError(f"--tokenizer {args.tokenizer}: cannot load a tokenizer ({err})") from err
     try:
         report = validate_pad(args.file, args.image_folder, tokenizer=tokenizer, show_progress=True)
     except (FileNotFoundError, NotADirectoryError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise CommandError(err) from err
     except PadFormatError as err:
         print(f"{args.file}: not a readable PAD file: {err}")
         return 1

@@ -1,9 +1,14 @@
-"""The `patch-align sea ...` subcommands: argument parsing and printing only."""
+"""The `patch-align sea ...` subcommands: argument parsing and printing only.
+
+Bad input (a missing or unreadable file, a bad value, a vocabulary left empty by --min-count) is
+a `CommandError`: `patch-align sea COMMAND: error: ...`, exit 2.
+"""
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
+
+from patch_align.cli import CommandError, output_folder, set_command
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -21,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     vocab.add_argument("--extra-words", default=None,
                        help="text file, one word per line, always added after the caption words")
     vocab.add_argument("--out", required=True, help="vocabulary file to write")
-    vocab.set_defaults(func=run_vocab)
+    set_command(vocab, run_vocab)
 
     label = commands.add_parser(
         "label", help="top-n CLIP words per image patch, stored as sharded safetensors",
@@ -47,7 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     label.add_argument("--num-shards", type=int, default=1, help="number of parallel processes")
     label.add_argument("--shard-index", type=int, default=0, help="this process's index in [0, K)")
     label.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    label.set_defaults(func=run_label)
+    set_command(label, run_label)
 
 
 def run_vocab(args: argparse.Namespace) -> int:
@@ -64,13 +69,11 @@ def run_vocab(args: argparse.Namespace) -> int:
         extra = read_word_list(args.extra_words) if args.extra_words else []
         words = build_vocabulary(counts, min_count=args.min_count, max_words=args.max_words,
                                  extra_words=extra)
+        if not words:
+            raise CommandError(f"no word of {args.data} reaches --min-count {args.min_count}")
+        write_word_list(words, args.out)
     except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if not words:
-        print(f"error: no word of {args.data} reaches --min-count {args.min_count}", file=sys.stderr)
-        return 1
-    write_word_list(words, args.out)
+        raise CommandError(err) from err
     print(f"{args.out}: {len(words)} words ({len(counts)} distinct candidates, {len(extra)} extra)")
     return 0
 
@@ -81,13 +84,12 @@ def run_label(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         summary = label_dataset(
-            args.clip, args.vocab, args.data, args.image_folder, args.out, top_n=args.top_n, sign=args.sign,
-            image_aspect_ratio=args.image_aspect_ratio, prompt_template=args.prompt_template,
+            args.clip, args.vocab, args.data, args.image_folder, output_folder(args.out), top_n=args.top_n,
+            sign=args.sign, image_aspect_ratio=args.image_aspect_ratio, prompt_template=args.prompt_template,
             batch_size=args.batch_size, shard_size=args.shard_size, num_shards=args.num_shards,
             shard_index=args.shard_index, device=args.device)
     except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise CommandError(err) from err
     print(f"{args.out}: {summary.shards_written} shards written, {summary.shards_already_done} already done, "
           f"{summary.images_labelled} images labelled, {summary.images_skipped} skipped")
     print("index.json written: labels complete" if summary.index_written

@@ -41,7 +41,7 @@ from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.conversation import conv_templates
 from llava.mm_utils import expand2square
 from llava.tiny import VICUNA_SYSTEM_PROMPTS, build_tiny_llama
-from patch_align.world.generator import WORLD_FILES, load_manifest
+from patch_align.world.generator import WORLD_FILES, WorldError, load_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -309,7 +309,7 @@ def train_llm(world: Path, out_dir: Path, settings: BootstrapSettings) -> dict[s
     eval_stream = _token_stream(tokenizer, eval_texts)[:settings.llm_eval_tokens]
     seq_len = settings.llm_seq_len
     if train_stream.numel() <= seq_len:
-        raise ValueError(f"world {world} has only {train_stream.numel()} training tokens; "
+        raise WorldError(f"world {world} has only {train_stream.numel()} training tokens; "
                          f"need more than llm_seq_len={seq_len}")
     before = perplexity(model, eval_stream, seq_len)
     torch.manual_seed(settings.seed)
@@ -346,7 +346,8 @@ def bootstrap_world(world_dir: str | Path, out_dir: str | Path,
 
     The report holds `cached` (True when reused), `cache_key`, `settings`, `clip` and `llm`
     (quality, see the module doc), `seconds` per part, and the folder paths `clip_dir` / `llm_dir`
-    relative to `out_dir`. The report is written last, so an interrupted run is redone.
+    relative to `out_dir`. The report is written last, so an interrupted run is redone. A folder
+    that is not a complete world (or one too small to train on) raises `WorldError`.
     """
     world, out_dir = Path(world_dir), Path(out_dir)
     key = cache_key(load_manifest(world), settings)

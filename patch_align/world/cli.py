@@ -1,11 +1,16 @@
-"""The `patch-align world ...` subcommands: argument parsing and printing only."""
+"""The `patch-align world ...` subcommands: argument parsing and printing only.
+
+Bad input (a spec value, an output path that is a file, a folder that is no world) is a
+`CommandError`: `patch-align world COMMAND: error: ...`, exit 2.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import time
 
-from patch_align.world.generator import WorldSpec
+from patch_align.cli import CommandError, output_folder, set_command
+from patch_align.world.generator import WorldError, WorldSpec
 from patch_align.world.scene import PALETTE, SHAPES, SIZE_FRACTIONS, SceneSpec
 
 
@@ -35,7 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                       help="reference captions per held-out image")
     make.add_argument("--vqa-per-image", type=int, default=spec.vqa_per_image)
     make.add_argument("--force", action="store_true", help="regenerate even when the folder has this spec")
-    make.set_defaults(func=run_make)
+    set_command(make, run_make)
 
     boot = commands.add_parser(
         "bootstrap", help="train the world's small CLIP and Llama (cached)",
@@ -46,7 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     boot.add_argument("--quick", action="store_true", help="the small, fast preset (~20-30 s on 2 CPU cores)")
     boot.add_argument("--seed", type=int, default=None, help="override the preset's seed")
     boot.add_argument("--force", action="store_true", help="retrain even when the cache matches")
-    boot.set_defaults(func=run_bootstrap)
+    set_command(boot, run_bootstrap)
 
 
 def run_make(args: argparse.Namespace) -> int:
@@ -58,8 +63,12 @@ def run_make(args: argparse.Namespace) -> int:
                         objects_max=args.objects_max, shapes=tuple(args.shapes), colours=tuple(args.colours),
                         sizes=tuple(args.sizes), min_visible=args.min_visible),
         caption_references=args.caption_references, vqa_per_image=args.vqa_per_image)
+    try:
+        spec.check()
+    except ValueError as err:
+        raise CommandError(err) from err
     start = time.perf_counter()
-    manifest = make_world(args.out, spec, reuse=not args.force)
+    manifest = make_world(output_folder(args.out), spec, reuse=not args.force)
     counts = manifest["counts"]
     print(f"world in {args.out} ({time.perf_counter() - start:.1f} s): "
           f"{counts['train']['images']} train / {counts['eval']['images']} eval images, "
@@ -73,7 +82,10 @@ def run_bootstrap(args: argparse.Namespace) -> int:
     settings = QUICK_SETTINGS if args.quick else DEFAULT_SETTINGS
     if args.seed is not None:
         settings = settings.with_seed(args.seed)
-    report = bootstrap_world(args.world, args.out, settings, force=args.force)
+    try:
+        report = bootstrap_world(args.world, output_folder(args.out), settings, force=args.force)
+    except WorldError as err:
+        raise CommandError(err) from err
     print(json.dumps({key: report[key] for key in ("cached", "clip", "llm", "seconds")}, indent=2))
     return 0
 
@@ -100,7 +112,7 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--keep-going", action="store_true",
                       help="a failed run is reported and the others go on (default: stop at the first)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar or stage lines")
-    demo.set_defaults(func=run_demo_command)
+    set_command(demo, run_demo_command)
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
@@ -125,8 +137,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
                               report_to=args.report_to, device=args.device, keep_going=args.keep_going,
                               jobs=args.jobs, progress=not args.no_progress)
     except ValueError as error:
-        print(f"patch-align demo: error: {error}", file=sys.stderr)
-        return 2
+        raise CommandError(error) from error
     try:
         metrics = run_demo(options)
     except DemoError as error:

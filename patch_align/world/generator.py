@@ -17,6 +17,7 @@ world is a function of the spec, and changing `n_train` leaves the eval images u
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -53,6 +54,8 @@ from patch_align.world.text import (
     vqa_candidates,
 )
 
+logger = logging.getLogger(__name__)
+
 # Bump when the same spec would produce different files.
 GENERATOR_VERSION = 1
 SPLITS = ("train", "eval")
@@ -68,6 +71,10 @@ WORLD_FILES = {
     "image_folder": "images",
 }
 MANIFEST_NAME = "world.json"
+
+
+class WorldError(ValueError):
+    """A folder that is not a complete world (no or unreadable manifest, missing files); names it."""
 
 
 @dataclass(frozen=True)
@@ -231,29 +238,48 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
 
 
 def load_manifest(world_dir: str | Path) -> dict[str, Any]:
-    """The `world.json` of a world folder; raises FileNotFoundError naming the folder."""
-    path = Path(world_dir) / MANIFEST_NAME
+    """The `world.json` of a complete world folder.
+
+    Raises `WorldError` naming the folder when the manifest is missing or unreadable, or when a
+    file or folder of `WORLD_FILES` is missing (checked here, before a caller spends time on it).
+    """
+    world_dir = Path(world_dir)
+    path = world_dir / MANIFEST_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{world_dir} is not a world folder: {MANIFEST_NAME} is missing "
-                                "(make one with `patch-align world make --out DIR`)")
-    return json.loads(path.read_text())
+        raise WorldError(f"{world_dir} is not a world folder: {MANIFEST_NAME} is missing "
+                         "(make one with `patch-align world make --out DIR`)")
+    regenerate = "regenerate it with `patch-align world make --force`"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise WorldError(f"{path}: unreadable world manifest ({err}); {regenerate}") from err
+    if not isinstance(manifest, dict):
+        raise WorldError(f"{path}: a world manifest is a JSON object; {regenerate}")
+    missing = sorted(name for name in WORLD_FILES.values() if not (world_dir / name).exists())
+    if missing:
+        raise WorldError(f"{world_dir} is an incomplete world: missing {', '.join(missing)}; {regenerate}")
+    return manifest
 
 
 def make_world(out_dir: str | Path, spec: WorldSpec, *, reuse: bool = True) -> dict[str, Any]:
     """Generate the world described by `spec` into `out_dir` and return its manifest.
 
-    With `reuse`, a folder whose manifest already has this spec and `GENERATOR_VERSION` is left
-    as it is; otherwise its image folder is emptied and every file rewritten. The manifest is
+    With `reuse`, a complete folder whose manifest already has this spec and `GENERATOR_VERSION`
+    is left as it is; otherwise its image folder is emptied and every file rewritten. The manifest is
     written last, so an interrupted run is redone, not reused.
     """
     spec.check()
     out_dir = Path(out_dir)
     manifest_path = out_dir / MANIFEST_NAME
     if reuse and manifest_path.is_file():
-        existing = json.loads(manifest_path.read_text())
-        same_version = existing.get("generator_version") == GENERATOR_VERSION
-        if same_version and existing.get("spec") == spec_to_json(spec):
-            return existing
+        try:
+            existing = load_manifest(out_dir)
+        except WorldError as err:  # a damaged world is made again, never reused
+            logger.warning("regenerating the world: %s", err)
+        else:
+            same_version = existing.get("generator_version") == GENERATOR_VERSION
+            if same_version and existing.get("spec") == spec_to_json(spec):
+                return existing
     manifest_path.unlink(missing_ok=True)
     # images of an earlier, larger world would otherwise linger next to the new ones
     shutil.rmtree(out_dir / WORLD_FILES["image_folder"], ignore_errors=True)
