@@ -85,3 +85,70 @@ def test_world_size_scales_the_megabatch():
 def test_zero_length_sample_is_rejected():
     with pytest.raises(ValueError, match="length 0"):
         grouped([3, 0, -2], batch_size=2, seed=0)
+
+
+# Across processes: the Trainer hands the sampler to accelerate, which gives process r the
+# sampler's batches r, r + W, r + 2W, ... (`prepare_data_loader`, as `accelerator.prepare` does).
+
+
+def shards(
+    lengths: list[int], batch_size: int, world_size: int, accumulation: int = 1, epoch: int = 0
+) -> list[list[list[int]]]:
+    """The batches each of `world_size` processes draws in `epoch`, as LLaVATrainer builds the sampler."""
+    from accelerate.data_loader import prepare_data_loader
+    from torch.utils.data import DataLoader
+
+    per_process = []
+    for rank in range(world_size):
+        sampler = ModalityLengthGroupedSampler(
+            lengths, batch_size=batch_size, world_size=world_size * accumulation, seed=3
+        )
+        indices = list(range(len(lengths)))
+        loader = DataLoader(indices, batch_size=batch_size, sampler=sampler, collate_fn=list)
+        loader = prepare_data_loader(loader, num_processes=world_size, process_index=rank)
+        loader.set_epoch(epoch)
+        per_process.append(list(loader))
+    return per_process
+
+
+def optimizer_steps(per_process: list[list[list[int]]], accumulation: int) -> list[list[int]]:
+    """The samples of each optimizer step: `accumulation` micro-batches of every process."""
+    steps = range(len(per_process[0]) // accumulation)
+    window = [slice(k * accumulation, (k + 1) * accumulation) for k in steps]
+    return [[i for batches in per_process for batch in batches[w] for i in batch] for w in window]
+
+
+@pytest.mark.parametrize("world_size, accumulation", [(2, 1), (2, 2), (4, 1)])
+def test_processes_get_disjoint_samples_and_every_sample_once_per_epoch(world_size, accumulation):
+    lengths = LENGTHS[:16]  # a multiple of batch 2 x every world size here
+    orders = []
+    for epoch in (0, 1):
+        per_process = shards(lengths, 2, world_size, accumulation, epoch)
+        seen = [i for batches in per_process for batch in batches for i in batch]
+        assert sorted(seen) == list(range(16)), epoch
+        orders.append(per_process)
+    assert orders[0] != orders[1]  # set_epoch reaches the sampler through accelerate's wrapper
+
+
+@pytest.mark.parametrize("world_size, accumulation", [(2, 1), (2, 2)])
+def test_each_step_over_processes_holds_the_samples_of_one_process_with_the_whole_batch(
+    world_size, accumulation
+):
+    # so 2 ranks x batch b see the global batches of 1 rank x batch 2b (what makes them equal)
+    lengths = LENGTHS[:16]
+    steps = optimizer_steps(shards(lengths, 2, world_size, accumulation), accumulation)
+    whole = 2 * world_size * accumulation
+    single = optimizer_steps(shards(lengths, whole, 1), 1)
+    assert [sorted(step) for step in steps] == [sorted(step) for step in single]
+    for step in steps[:-1]:  # only the final tail mixes modalities
+        assert len({lengths[i] > 0 for i in step}) == 1, step
+
+
+def test_an_uneven_last_step_is_filled_from_the_start_of_the_epoch():
+    # 18 samples over 2 processes x batch 2: accelerate's even_batches repeats 2 samples
+    per_process = shards(LENGTHS, 2, 2)
+    seen = [i for batches in per_process for batch in batches for i in batch]
+    assert len(seen) == 20 and set(seen) == set(range(18))
+    first_step = per_process[0][0] + per_process[1][0]
+    repeated = [i for i in set(seen) if seen.count(i) > 1]
+    assert sorted(repeated) == sorted(per_process[1][-1]) and set(repeated) <= set(first_step)
