@@ -209,13 +209,36 @@ def test_clip_tagger_tags_a_batch_like_each_image_alone(models, vocabulary_file)
         assert torch.allclose(batch[i], alone[0], atol=1e-5)
 
 
-def test_clip_tagger_truncates_a_vocabulary_entry_longer_than_the_text_positions(models, tmp_path):
-    long_entry = "a" * 100  # 102 tokens with the specials, over CLIP's 77 positions
+def direct_text_embedding(model_dir: Path, ids: list[int]) -> torch.Tensor:
+    """(D,) unit CLIP text embedding of the token ids `ids`, specials included, from CLIPModel alone."""
+    from transformers import CLIPModel
+
+    model = CLIPModel.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        features = model.get_text_features(input_ids=torch.tensor([ids]))
+    features = features if isinstance(features, torch.Tensor) else features.pooler_output
+    return torch.nn.functional.normalize(features[0].float(), dim=-1)
+
+
+def test_clip_tagger_keeps_the_first_75_tokens_of_an_entry_longer_than_the_text_positions(models, tmp_path):
+    # 100 characters = 100 tokens + 2 specials, over CLIP's 77 positions: BOS, the first 75, EOS survive
+    long_entry, same_head, other_head = "a" * 100, "a" * 80 + "b" * 20, "b" + "a" * 99
     vocabulary = tmp_path / "vocabulary.txt"
-    vocabulary.write_text(f"dog\n{long_entry}\n", encoding="utf-8")
+    vocabulary.write_text("\n".join(["dog", long_entry, same_head, other_head]) + "\n", encoding="utf-8")
     tagger = ClipTagger(str(models["clip"]), vocabulary, threshold=0.0, max_tags=5, device=CPU)
-    assert tagger.text_embeddings.shape == (2, 32)
-    assert torch.isfinite(tagger.text_embeddings).all()
+    embeddings = tagger.text_embeddings
+    assert embeddings.shape == (4, 32)
+
+    tokenize = clip_tokenizer()
+    head = tokenize(long_entry, add_special_tokens=False).input_ids[:75]
+    assert len(head) == 75 and tagger.model.config.text_config.max_position_embeddings == 77
+    kept = direct_text_embedding(models["clip"], [BOS_ID, *head, EOS_ID])
+    assert torch.allclose(embeddings[1], kept, atol=1e-5)
+    # what follows token 75 is dropped; what precedes it is kept
+    assert torch.allclose(embeddings[2], embeddings[1], atol=1e-6)
+    assert not torch.allclose(embeddings[3], embeddings[1], atol=1e-3)
+    dog = [BOS_ID, *tokenize("dog", add_special_tokens=False).input_ids, EOS_ID]
+    assert torch.allclose(embeddings[0], direct_text_embedding(models["clip"], dog), atol=1e-5)
 
 
 def test_generate_with_the_clip_tagger_writes_a_valid_pad_labelled_from_the_vocabulary(
