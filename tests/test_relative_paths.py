@@ -123,6 +123,8 @@ def test_pad_generate_with_relative_paths_merges_from_another_folder(workdir, mo
     monkeypatch.chdir(workdir / "merge")
     # no --data: the shard manifests name the data file, and must name it from any folder
     assert main(["pad", "merge", "../shards", "--out", "pad.jsonl"]) == 0
-    manifest = json.loads((workdir / "merge" / "pad.manifest.json").read_text())
-    assert manifest["data"] == str(data)
+    # a relative --data is recorded absolute in the merged manifest
+    assert main(["pad", "merge", "../shards", "--out", "again.jsonl", "--data", f"../{relative_data}"]) == 0
+    for name in ("pad", "again"):
+        assert json.loads((workdir / "merge" / f"{name}.manifest.json").read_text())["data"] == str(data)
     assert len((workdir / "merge" / "pad.jsonl").read_text().splitlines()) >= 1

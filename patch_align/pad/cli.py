@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -142,7 +143,7 @@ def run_merge(args: argparse.Namespace) -> int:
         return 1
     except (ValueError, OSError) as err:
         raise CommandError(err) from err
-    summary = {"data": str(data), "records": report.written, "failed": report.failed,
+    summary = {"data": os.path.abspath(data), "records": report.written, "failed": report.failed,
                "missing": len(report.missing), "duplicated": len(report.duplicated),
                "shards": [{**m["settings"], "shard_records": m["shard_records"],
                            "shard_failed": m["shard_failed"]} for m in manifests]}
