@@ -26,6 +26,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "world": ("patch_align.world.cli", "the miniature world: generate it, bootstrap its models"),
     "eval": ("patch_align.evaluation.cli", "evaluation suites: answer, score and compare checkpoints"),
     "demo": ("patch_align.world.demo", "the main job: the paper's comparison in miniature, end to end"),
+    "bench": ("patch_align.bench.cli", "throughput and MFU at named model shapes (docs/performance.md)"),
 }
 
 

@@ -1,0 +1,67 @@
+"""`patch-align bench ...`: train / generate / pad throughput at named shapes (docs/performance.md)."""
+
+from __future__ import annotations
+
+import argparse
+
+from patch_align.cli import CommandError, set_command
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shape", default="tiny", help="tiny, 7b or 13b (default tiny)")
+    parser.add_argument("--llm-layers", type=int, default=None, help="keep only the LLM's first N layers")
+    parser.add_argument("--work", default="runs/bench", help="where the synthetic models and data are kept")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="peak dense TFLOP/s for MFU (default: per-GPU table; CPU: a measured matmul)")
+    parser.add_argument("--out", default=None, help="also write the JSON result to this file")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    group = subparsers.add_parser("bench", help="throughput and MFU at named model shapes")
+    commands = group.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="stage-1 step time: caption-only vs patch-aligned vs SEA")
+    _common(train)
+    train.add_argument("--methods", default="caption,patch_cosine,sea", help="comma-separated, in order")
+    train.add_argument("--batch-size", type=int, default=4)
+    train.add_argument("--steps", type=int, default=6, help="timed optimizer steps per method")
+    train.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of every round")
+    train.add_argument("--rounds", type=int, default=2, help="rounds over the methods (steps split evenly)")
+    train.add_argument("--attn-implementation", default="sdpa", help="sdpa, flash_attention_2 or eager")
+    train.add_argument("--gradient-checkpointing", action="store_true")
+    train.add_argument("--deepspeed", default=None, help="a DeepSpeed JSON config (e.g. scripts/zero2.json)")
+    train.add_argument("--dataloader-workers", type=int, default=0)
+    train.add_argument("--caption-tokens", type=int, default=None, help="caption length in tokens (24)")
+    set_command(train, run_train)
+
+
+def _shape(args: argparse.Namespace):
+    from patch_align.bench.shapes import shape_named
+
+    try:
+        return shape_named(args.shape, args.llm_layers)
+    except ValueError as err:
+        raise CommandError(str(err)) from err
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from patch_align.bench.synthetic import CAPTION_TOKENS
+    from patch_align.bench.train import TrainBenchOptions, run_train_bench, write_result
+
+    options = TrainBenchOptions(
+        shape=_shape(args), work=args.work, methods=tuple(m for m in args.methods.split(",") if m),
+        batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
+        dtype=args.dtype, attn_implementation=args.attn_implementation,
+        gradient_checkpointing=args.gradient_checkpointing, device=args.device, deepspeed=args.deepspeed,
+        dataloader_workers=args.dataloader_workers, peak_tflops=args.peak_tflops,
+        caption_tokens=args.caption_tokens or CAPTION_TOKENS, seed=args.seed,
+    )
+    try:
+        options.check()
+    except ValueError as err:
+        raise CommandError(str(err)) from err
+    print(write_result(run_train_bench(options), args.out))
+    return 0
