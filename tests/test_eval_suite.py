@@ -226,7 +226,7 @@ def test_a_missing_task_file_fails_before_any_model_loads_naming_task_and_file(
     suite_path.write_text(json.dumps(suite).replace('"rec.jsonl"', rec_file))
     code = patch_align_main(["eval", "--suite", str(suite_path), "--model-path", suite_files["checkpoint"],
                              "--out", str(tmp_path / "out"), "--no-progress"])
-    assert code == 1
+    assert code == 2
     error = capsys.readouterr().err
     assert f"task 'vqav2': annotation_file file not found: {tmp_path / 'absent.jsonl'}" in error
     assert "task 'sqa'" in error  # its relative paths now point into tmp_path, where nothing is
@@ -276,7 +276,7 @@ def test_bad_ground_truth_fails_before_any_model_loads_naming_file_record_and_fi
     suite = tmp_path / "suite.json"
     suite.write_text(json.dumps({"defaults": {"image_folder": str(suite_files["images"])}, "tasks": [task]}))
     code, error = _eval_exit(suite, suite_files["checkpoint"], tmp_path / "out", capsys)
-    assert code == 1
+    assert code == 2
     assert re.search(rf"patch-align eval: error: task '{task['name']}': .*{message}", error), error
     assert not (tmp_path / "out").exists()
 
@@ -296,7 +296,7 @@ def test_missing_images_fail_before_any_model_loads_counted_and_named_by_questio
                                             "annotation_file": "a.jsonl",
                                             "image_folder": str(suite_files["images"])}]}))
     code, error = _eval_exit(suite, suite_files["checkpoint"], tmp_path / "out", capsys)
-    assert code == 1
+    assert code == 2
     assert f"task 'g': {tmp_path / 'q.jsonl'}: 2 of 4 questions have no readable image file:" in error
     assert f"question 1: image not found: {suite_files['images'] / 'absent.png'}" in error
     assert "question 3: 'image' must be a path string, got ['img001.png']" in error
@@ -317,7 +317,7 @@ def test_a_folder_that_holds_no_checkpoint_fails_before_any_model_loads(
     for name, text in files.items():
         (folder / name).write_text(text)
     code, error = _eval_exit(suite_files["suite"], str(folder), tmp_path / "out", capsys)
-    assert code == 1
+    assert code == 2
     assert re.search(rf"error: checkpoint 'not_a_checkpoint': .*{message}", error), error
     assert not (tmp_path / "out").exists()
 
@@ -520,3 +520,13 @@ def test_score_captions_command_writes_what_score_captions_returns(tmp_path, mon
     expected = score_captions({"7": ["a cat on a mat", "a small cat"]}, {"7": "a cat on the mat"})
     assert json.loads((tmp_path / "s.json").read_text()) == expected
     assert json.loads(capsys.readouterr().out) == expected
+
+
+def test_an_out_that_is_a_file_is_a_usage_error_before_any_model_loads(suite_files, tmp_path, monkeypatch,
+                                                                       capsys):
+    monkeypatch.setattr(runner, "_load_checkpoint", _never_load)
+    out = tmp_path / "results.txt"
+    out.write_text("not a folder")
+    code, error = _eval_exit(suite_files["suite"], suite_files["checkpoint"], out, capsys)
+    assert code == 2
+    assert f"patch-align eval: error: --out {out} exists and is not a folder" in error

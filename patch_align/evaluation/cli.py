@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
+
+from patch_align.cli import CommandError, output_folder, set_command
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -36,26 +37,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="output folder (created; re-runs resume in it)")
     parser.add_argument("--batch-size", type=int, default=8, help="questions per generate call (default 8)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
-    parser.add_argument("--max-new-tokens", type=int, default=None, 
+    parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="override every task's max_new_tokens")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="first N questions of each task")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding images")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.set_defaults(func=run)
+    set_command(parser, run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the suite; 0 on success, 1 (with the message on stderr) for a bad suite, file or checkpoint."""
+    """Run the suite; 0 on success. A bad suite, file, checkpoint or `--out` is a `CommandError` (exit 2)
+    raised before any model loads."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from patch_align.evaluation.report import write_results
     from patch_align.evaluation.runner import parse_checkpoint, run_suite
     from patch_align.evaluation.suite import SuiteError, load_suite
 
+    out = output_folder(args.out)
     try:
         results = run_suite(
             load_suite(args.suite),
             [parse_checkpoint(value) for value in args.model_path],
-            args.out,
+            out,
             model_base=args.model_base,
             device=args.device,
             batch_size=args.batch_size,
@@ -65,8 +68,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
     except SuiteError as error:
-        print(f"patch-align eval: error: {error}", file=sys.stderr)
-        return 1
+        raise CommandError(error) from error
     paths = write_results(results, args.out)
     print(f"wrote {paths['markdown']}, {paths['json']} and {paths['figure']}")
     return 0
