@@ -162,8 +162,10 @@ def training_argv(options: TrainBenchOptions, folders, output_dir: str) -> list[
         "warmup_ratio": 0.03, "lr_scheduler_type": "cosine", "logging_steps": 1, "save_strategy": "no",
         "report_to": "none", "model_max_length": 2048, "dataloader_num_workers": options.dataloader_workers,
         "disable_tqdm": True, "seed": options.seed, "max_steps": options.warmup + options.steps_per_round,
-        "gradient_checkpointing": options.gradient_checkpointing, "lazy_preprocess": True,
+        "lazy_preprocess": True,
     }
+    if options.gradient_checkpointing:
+        flags["gradient_checkpointing"] = True
     if options.dtype == "bfloat16":
         flags["bf16"] = True
     elif options.dtype == "float16":
