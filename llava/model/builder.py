@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
+from llava.paths import resolve_model_path
 
 from .checkpoints import (
     ADAPTER_CONFIG,
@@ -112,10 +113,15 @@ def load_pretrained_model(
 
     Extra kwargs: `attn_implementation` ("sdpa" default, "eager", "flash_attention_2"),
     `multimodal` (accepted for harness compatibility; the config decides), `dtype` /
-    `torch_dtype` (default float16 on CUDA, float32 on CPU), and anything else
-    `from_pretrained` takes.
+    `torch_dtype` (default float16 on CUDA, float32 on CPU), `revision` (of a hub id), and anything
+    else `from_pretrained` takes. `model_path` / `model_base` may be hub ids
+    (`llava.paths.resolve_model_path`: fetched into the hub cache, or a clear error offline).
     """
     kwargs.pop("multimodal", None)
+    revision = kwargs.pop("revision", None)
+    model_path = resolve_model_path(str(model_path), revision, "model_path")
+    if model_base:
+        model_base = resolve_model_path(str(model_base), None, "model_base")
     dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
     on_gpu = device != "cpu" and torch.cuda.is_available()
     if dtype is None:
@@ -131,7 +137,6 @@ def load_pretrained_model(
     if on_gpu:
         load_kwargs["device_map"] = device_map if device == "cuda" else {"": device}
 
-    model_path = str(model_path)
     kind = detect_checkpoint_kind(model_path)
     config_dict = read_config_dict(model_path)
     if model_name and "llava" in model_name.lower() and not is_multimodal_config(config_dict):

@@ -13,6 +13,8 @@ from torch import nn
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 from transformers.utils import logging as hf_logging
 
+from llava.paths import resolve_model_path
+
 SELECT_FEATURES = ("patch", "cls_patch")
 
 
@@ -27,7 +29,9 @@ class CLIPVisionTower(nn.Module):
     def __init__(self, vision_tower: str, args, delay_load: bool = False):
         super().__init__()
         self.is_loaded = False
-        self.vision_tower_name = vision_tower
+        self.vision_tower_name = vision_tower  # as configured (a hub id stays an id in config.json)
+        # the folder it is read from: the path itself, or the hub snapshot of an id
+        self.vision_tower_path = resolve_model_path(vision_tower, what="vision tower (mm_vision_tower)")
         self.select_layer = args.mm_vision_select_layer
         self.select_feature = getattr(args, "mm_vision_select_feature", "patch")
         if self.select_feature not in SELECT_FEATURES:
@@ -40,19 +44,19 @@ class CLIPVisionTower(nn.Module):
         if not delay_load or unfreeze:
             self.load_model()
         else:
-            self.cfg_only = CLIPVisionConfig.from_pretrained(self.vision_tower_name)
+            self.cfg_only = CLIPVisionConfig.from_pretrained(self.vision_tower_path)
 
     def load_model(self) -> None:
         """Load processor and weights from `vision_tower_name`; the tower is frozen."""
         if self.is_loaded:
             return
-        self.image_processor = CLIPImageProcessor.from_pretrained(self.vision_tower_name)
+        self.image_processor = CLIPImageProcessor.from_pretrained(self.vision_tower_path)
         # A full CLIPModel folder also holds the text tower: its keys are expected to be unused,
         # so the load report is silenced and only missing vision weights are an error.
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            tower, info = CLIPVisionModel.from_pretrained(self.vision_tower_name, output_loading_info=True)
+            tower, info = CLIPVisionModel.from_pretrained(self.vision_tower_path, output_loading_info=True)
         finally:
             hf_logging.set_verbosity(verbosity)
         if info["missing_keys"]:
