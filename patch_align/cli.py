@@ -27,6 +27,8 @@ GROUPS: dict[str, tuple[str, str]] = {
     "eval": ("patch_align.evaluation.cli", "evaluation suites: answer, score and compare checkpoints"),
     "demo": ("patch_align.world.demo", "the main job: the paper's comparison in miniature, end to end"),
     "bench": ("patch_align.bench.cli", "throughput and MFU at named model shapes (docs/performance.md)"),
+    "export": ("patch_align.export.cli", "write a checkpoint in the llava-hf layout (docs/export.md)"),
+    "import": ("patch_align.export.import_cli", "read a llava-hf folder into our checkpoint layout"),
 }
 
 

@@ -50,7 +50,8 @@ def resolve_attn_implementation(requested: str | None) -> str | None:
     return requested
 
 
-def _find_base(model_base: str | None, model_path: str, kind: CheckpointKind) -> str:
+def find_base(model_base: str | None, model_path: str, kind: CheckpointKind) -> str:
+    """The base LLM of a LoRA / projector checkpoint: `model_base`, else the local folder it records."""
     if model_base:
         return model_base
     hint = None
@@ -143,7 +144,7 @@ def load_pretrained_model(
         logger.warning("%s is named like a LLaVA model but its config has no vision tower", model_path)
 
     if kind is CheckpointKind.LORA:
-        base = _find_base(model_base, model_path, kind)
+        base = find_base(model_base, model_path, kind)
         config = LlavaConfig.from_pretrained(model_path)
         tokenizer = _load_tokenizer(
             model_path if (Path(model_path) / "tokenizer_config.json").exists() else "", base
@@ -157,7 +158,7 @@ def load_pretrained_model(
 
         model = PeftModel.from_pretrained(model, model_path).merge_and_unload()
     elif kind is CheckpointKind.PROJECTOR:
-        base = _find_base(model_base, model_path, kind)
+        base = find_base(model_base, model_path, kind)
         config = LlavaConfig.from_pretrained(model_path)
         tokenizer = _load_tokenizer(base)
         model = _load_base_with_new_projector(base, config, **load_kwargs)

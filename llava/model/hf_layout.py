@@ -374,24 +374,34 @@ def export_model(model, tokenizer, out: str | os.PathLike, conv_mode: str = "vic
 
 def export_checkpoint(
     model_path: str, model_base: str | None, out: str | os.PathLike, conv_mode: str = "vicuna_v1",
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | None = None, revision: str | None = None,
 ) -> ExportSummary:
     """Load any of our checkpoint kinds (full; LoRA or projector + `model_base`) and export it to `out`.
 
-    `dtype`: the weights' dtype in the export; default the checkpoint's recorded dtype (float32 if none).
-    The config is checked for what llava-hf can express before the model loads.
+    `model_path` / `model_base` may be hub ids (`revision` applies to `model_path`). `dtype`: the
+    weights' dtype in the export; default the checkpoint's recorded dtype (float32 if none). Everything
+    checkable without the model (paths, kind, base, config, template) is checked before it loads.
     """
-    from .builder import load_pretrained_model
-    from .checkpoints import read_config_dict
+    from llava.paths import resolve_model_path
+
+    from .builder import find_base, load_pretrained_model
+    from .checkpoints import CheckpointKind, detect_checkpoint_kind, read_config_dict
 
     chat_template_for(conversation(conv_mode))
+    model_path = resolve_model_path(str(model_path), revision, "--model-path")
+    if model_base:
+        model_base = resolve_model_path(str(model_base), None, "--model-base")
+    kind = detect_checkpoint_kind(model_path)
     recorded = read_config_dict(model_path)
     if not recorded.get("mm_vision_tower"):
-        raise HfLayoutError(f"{model_path}/config.json has no mm_vision_tower: not a LLaVA checkpoint")
+        raise HfLayoutError(
+            f"{Path(model_path) / 'config.json'} has no mm_vision_tower: not a LLaVA checkpoint"
+        )
     check_exportable(SimpleNamespace(**recorded))
+    if kind is not CheckpointKind.FULL:
+        model_base = find_base(model_base, model_path, kind)
     if dtype is None:
-        name = recorded.get("dtype") or recorded.get("torch_dtype") or "float32"
-        dtype = getattr(torch, name)
+        dtype = getattr(torch, recorded.get("dtype") or recorded.get("torch_dtype") or "float32")
     tokenizer, model, _, _ = load_pretrained_model(model_path, model_base, None, device="cpu", dtype=dtype)
     return export_model(model, tokenizer, out, conv_mode)
 
@@ -530,6 +540,8 @@ def import_hf(folder: str | os.PathLike, out: str | os.PathLike, projector_only:
 
     folder, out = Path(folder), Path(out)
     hf_config = read_hf_config(folder)
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("pytorch_model*.bin")):
+        raise HfLayoutError(f"{folder} holds no model weights (*.safetensors / pytorch_model*.bin)")
     processor = AutoProcessor.from_pretrained(str(folder))
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "right"
