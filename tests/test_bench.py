@@ -159,3 +159,23 @@ def test_flop_formula_equals_torch_flop_counter_on_a_real_stage_one_step(tmp_pat
         model(**batch).loss.backward()
     text_tokens = batch["input_ids"].shape[1] - 1
     assert counter.get_total_flops() == stage_one_flops(shape, text_tokens).total
+
+
+def test_bench_generate_compares_batched_with_one_at_a_time_on_the_same_prompts(tmp_path):
+    from patch_align.bench.shapes import projector_flops, tower_forward_flops
+    from patch_align.cli import main
+
+    out = tmp_path / "generate.json"
+    argv = ["bench", "generate", "--work", str(tmp_path / "work"), "--prompts", "3", "--batch-size", "3",
+            "--new-tokens", "4", "--rounds", "1", "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    batched, single = result["modes"]
+    assert (batched["mode"], batched["batch_size"], single["mode"], single["batch_size"]) == (
+        "batched", 3, "one at a time", 1)
+    assert result["speedup"] == pytest.approx(single["seconds"]["median"] / batched["seconds"]["median"])
+    assert result["same_tokens"] is True  # left re-padding: a batch answers as one prompt at a time does
+    shape = shape_named("tiny")
+    assert result["flops_per_prompt"] == (tower_forward_flops(shape.vision) + projector_flops(shape)[0]
+                                          + generation_flops(shape.llm, result["prompt_tokens"], 4))
+    assert result["prompt_tokens"] > shape.vision.num_patches

@@ -37,6 +37,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--caption-tokens", type=int, default=None, help="caption length in tokens (24)")
     set_command(train, run_train)
 
+    generate = commands.add_parser("generate", help="batched vs one-at-a-time greedy generation")
+    _common(generate)
+    generate.add_argument("--prompts", type=int, default=8)
+    generate.add_argument("--batch-size", type=int, default=8)
+    generate.add_argument("--new-tokens", type=int, default=16)
+    generate.add_argument("--rounds", type=int, default=3)
+    generate.add_argument("--attn-implementation", default="sdpa", help="sdpa, flash_attention_2 or eager")
+    set_command(generate, run_generate)
+
 
 def _shape(args: argparse.Namespace):
     from patch_align.bench.shapes import shape_named
@@ -64,4 +73,21 @@ def run_train(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise CommandError(str(err)) from err
     print(write_result(run_train_bench(options), args.out))
+    return 0
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from patch_align.bench.generate import GenerateBenchOptions, run_generate_bench, write_generate_result
+
+    options = GenerateBenchOptions(
+        shape=_shape(args), work=args.work, prompts=args.prompts, batch_size=args.batch_size,
+        new_tokens=args.new_tokens, rounds=args.rounds, dtype=args.dtype,
+        attn_implementation=args.attn_implementation, device=args.device, peak_tflops=args.peak_tflops,
+        seed=args.seed,
+    )
+    try:
+        options.check()
+    except ValueError as err:
+        raise CommandError(str(err)) from err
+    print(write_generate_result(run_generate_bench(options), args.out))
     return 0
