@@ -14,8 +14,9 @@ Under data parallelism R_step is summed over processes and the contribution mult
 the process count, since DDP/DeepSpeed average gradients over processes.
 
 L_sea likewise: the SEA pairs of every micro-batch are sampled in `get_batch_samples` (one
-generator per step seeded from `--seed`, the step and the process, so a resumed run draws the
-same pairs); each micro-batch's InfoNCE uses its own pairs as negatives and contributes
+generator per micro-batch seeded from `--seed`, the step and the micro-batch's index over all
+processes, so a resumed run draws the same pairs, and W processes × A accumulated micro-batches
+draw the pairs of 1 process × W·A); each micro-batch's InfoNCE uses its own pairs as negatives and contributes
 P_micro · InfoNCE / P_step, so the step's L_sea is the pair-weighted mean of its micro-batches'
 InfoNCE. (Unlike L_patch, InfoNCE depends on which pairs share a micro-batch, so 1 × 4 and 4 × 1
 give different, equally valid, values.) A micro-batch without pairs contributes an exact 0.
@@ -98,6 +99,17 @@ class PatchAlignTrainer(LLaVATrainer):
             # wrappers (DDP, DeepSpeed, PEFT) keep this module object, so it is kept here too
             self._sea_temperature = SeaTemperature(sea_loss.temperature, sea_loss.learnable_temperature)
             unwrap_peft(kwargs["model"]).add_module(SEA_TEMPERATURE_MODULE, self._sea_temperature)
+            # τ is used outside the model's forward: DDP's search for unused parameters would mark
+            # it ready after the forward and again in the backward ("marked ready twice"). The
+            # search is not needed: every trainable parameter gets a gradient every step (a
+            # micro-batch without pairs adds a graph-connected 0).
+            training_args = kwargs["args"]
+            if training_args.ddp_find_unused_parameters:
+                raise ValueError(
+                    "--ddp_find_unused_parameters True does not work with SEA (its temperature is used "
+                    "outside the model's forward under DDP); leave it unset"
+                )
+            training_args.ddp_find_unused_parameters = False
         super().__init__(*args, **kwargs)
         if self.args.n_gpu > 1:
             raise ValueError(
@@ -143,8 +155,11 @@ class PatchAlignTrainer(LLaVATrainer):
             regions = sum(int(batch["region_masks"].shape[0]) for batch in batch_samples)
             self._regions_in_step = self._sum_over_processes(regions, device)
         if self.sea_loss is not None:
-            generator = step_generator(self.args.seed, self.state.global_step, self.args.process_index)
-            pairs = sum(self._sample_pairs(batch, generator) for batch in batch_samples)
+            seed, step, world = self.args.seed, self.state.global_step, self.args.world_size
+            pairs = sum(
+                self._sample_pairs(batch, step_generator(seed, step, index * world + self.args.process_index))
+                for index, batch in enumerate(batch_samples)
+            )
             self._pairs_in_step = self._sum_over_processes(pairs, device)
         return batch_samples, num_items_in_batch
 

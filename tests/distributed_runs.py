@@ -48,16 +48,18 @@ def launch(
         raise ValueError("the python launcher runs one process")
     env = {
         **os.environ, "HF_HUB_OFFLINE": "1", "WANDB_DISABLED": "true", "CUDA_VISIBLE_DEVICES": "",
-        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {}),
+        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
+        "PYTHONFAULTHANDLER": "1",  # a rank killed by a signal prints where it was
+        **(env or {}),
     }
     entry = list(entry)
-    port = str(free_port())
     if launcher == "python":
         cmd = [sys.executable, *entry]
-    elif launcher == "torchrun":
-        cmd = [str(BIN / "torchrun"), "--nproc_per_node", str(processes), "--master_port", port, *entry]
+    elif launcher == "torchrun":  # --standalone: torchrun binds a free port itself (no race for it)
+        cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", str(processes), *entry]
     else:  # the deepspeed launcher takes a module as `--module name`, a script as its path
         target = ["--module", entry[1]] if entry[0] == "-m" else entry
+        port = str(free_port())
         cmd = [str(BIN / "deepspeed"), "--num_gpus", str(processes), "--master_port", port, *target]
     return subprocess.run([*cmd, *flags], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 

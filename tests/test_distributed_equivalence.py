@@ -8,11 +8,15 @@ same seed, constant β; under torchrun (gloo, plain DDP) and under the deepspeed
 `loss_patch`, β, mean cosine, regions per step, the PAD counters, the gradient norm) and the
 final projector weights must agree.
 
+SEA's InfoNCE takes its negatives from its micro-batch, so it depends on how a step is cut into
+micro-batches: there the equivalence that holds is 2 ranks × batch 2 = 1 rank × 2 accumulated
+micro-batches × batch 2 (same micro-batches, same pairs: see `step_generator`).
+
 Tolerance: relative 1e-6 for logged values, absolute 1e-6 for the projector weights (|w| ≤ 0.3).
 Both runs compute the same float32 sums, only over differently shaped batches (other padding,
-other reduction order), so they differ by rounding: measured ≤ 1e-7 relative and 3e-8 absolute.
-A wrong normalisation changes values by tens of percent (see the mutation tests at the end,
-which run the same comparison with the cross-process count removed or doubled).
+other reduction order), so they differ by rounding: measured ≤ 1e-7 relative and 5e-8 absolute.
+A wrong normalisation changes values by far more (see the mutation tests at the end, which run
+the same comparison with the cross-process counts removed or doubled).
 """
 
 from __future__ import annotations
@@ -30,16 +34,24 @@ from distributed_runs import (
     step_logs,
     write_uneven_stage1_data,
 )
+from test_sea_train import write_colour_labels
 
 pytestmark = pytest.mark.slow  # each run starts 1-2 processes that load the models (5-8 s)
 
 RELATIVE_TOLERANCE = 1e-6
 WEIGHT_TOLERANCE = 1e-6
 CAPTION_KEYS = ("loss", "grad_norm", "learning_rate")
-PATCH_KEYS = (
-    *CAPTION_KEYS, "loss_caption", "loss_patch", "patch_beta", "patch_cosine", "patch_regions",
-    "pad_regions_skipped", "pad_regions_outside", "pad_regions_fallback",
-)
+KEYS = {
+    "caption": CAPTION_KEYS,
+    "patch": (
+        *CAPTION_KEYS, "loss_caption", "loss_patch", "patch_beta", "patch_cosine", "patch_regions",
+        "pad_regions_skipped", "pad_regions_outside", "pad_regions_fallback",
+    ),
+    "sea": (
+        *CAPTION_KEYS, "loss_caption", "loss_sea", "sea_lambda", "sea_temperature", "sea_pairs",
+        "sea_accuracy",
+    ),
+}
 # per-device batch, accumulation, launcher, DeepSpeed config: each 4 samples per step over 2 ranks
 LAYOUTS = {
     "ddp-2x2": (2, 1, "torchrun", None),
@@ -47,8 +59,11 @@ LAYOUTS = {
     "zero2-2x2": (2, 1, "deepspeed", "scripts/zero2.json"),
     "zero3-2x2x1": (1, 2, "deepspeed", "scripts/zero3.json"),
 }
+# 1 process, per-device batch and accumulation, of each objective's reference run
+REFERENCES = {"caption": (4, 1), "patch": (4, 1), "sea": (2, 2)}
 
-# The patch-aligned entry with a trainer whose region count R_step is mis-counted across processes.
+# The patch-aligned entry with a trainer that mis-counts the regions R_step and SEA pairs P_step
+# across processes.
 MUTANT_ENTRY = """
 import sys, torch
 from llava.train.train import train
@@ -68,35 +83,49 @@ train(PatchAlignRecipe(trainer_class=MiscountingTrainer), sys.argv[1:])
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> tuple[Path, Path]:
-    return write_uneven_stage1_data(tmp_path_factory.mktemp("uneven"))
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("inputs")
+    data, pad = write_uneven_stage1_data(root / "data")
+    return {"data": data, "pad": pad, "sea_labels": write_colour_labels(root / "sea")}
 
 
-def run(entry, out: Path, data, *, pad: bool, layout: str | None = None, **flags) -> Path:
-    """One stage-1 run: 1 process × batch 4 without a `layout`, else 2 processes laid out as it says."""
-    json_path, pad_path = data
-    processes, launcher = 1, "python"
+def objective_flags(objective: str, out: Path, inputs: dict[str, Path], **flags) -> list[str]:
+    """Stage-1 flags for plain LLaVA (`caption`), patch-cosine (`patch`) or SEA (`sea`)."""
+    if objective == "sea":
+        flags.update(align_objective="sea", sea_labels=inputs["sea_labels"])
+    return stage1_flags(out, inputs["data"], inputs["pad"] if objective == "patch" else None, **flags)
+
+
+def run(objective: str, out: Path, inputs, *, layout: str | None = None, **flags) -> Path:
+    """One stage-1 run: the objective's 1-process reference without a `layout`, else 2 processes."""
+    batch, accumulation = REFERENCES[objective]
+    processes, launcher, zero_config = 1, "python", None
     if layout is not None:
-        batch, accumulation, launcher, zero_config = LAYOUTS[layout]
-        processes = 2
-        flags.update(per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation)
-        if zero_config:
-            flags.update(deepspeed=zero_config)
-    argv = stage1_flags(out, json_path, pad_path if pad else None, **flags)
+        (batch, accumulation, launcher, zero_config), processes = LAYOUTS[layout], 2
+    flags.update(per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation)
+    if zero_config:
+        flags.update(deepspeed=zero_config)
+    entry = LLAVA_ENTRY if objective == "caption" else PATCH_ENTRY
+    argv = objective_flags(objective, out, inputs, **flags)
     assert_succeeded(launch(entry, argv, processes=processes, launcher=launcher))
     return out
 
 
-@pytest.fixture(scope="module")
-def patch_reference(data, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("patch") / "1x4"
-    return run(PATCH_ENTRY, out, data, pad=True)
+class References(dict):
+    """Each objective's 1-process run, made when a test first asks for it."""
+
+    def __init__(self, inputs: dict[str, Path], tmp_path_factory):
+        super().__init__()
+        self.inputs, self.tmp_path_factory = inputs, tmp_path_factory
+
+    def __missing__(self, objective: str) -> Path:
+        self[objective] = run(objective, self.tmp_path_factory.mktemp(objective) / "1-process", self.inputs)
+        return self[objective]
 
 
 @pytest.fixture(scope="module")
-def caption_reference(data, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("caption") / "1x4"
-    return run(LLAVA_ENTRY, out, data, pad=False)
+def references(inputs, tmp_path_factory) -> References:
+    return References(inputs, tmp_path_factory)
 
 
 def assert_equivalent(differences: dict[str, float]) -> None:
@@ -107,44 +136,50 @@ def assert_equivalent(differences: dict[str, float]) -> None:
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_patch_aligned_stage1_on_two_ranks_equals_one_rank(layout, data, patch_reference, tmp_path):
-    out = run(PATCH_ENTRY, tmp_path / layout, data, pad=True, layout=layout)
-    assert_equivalent(run_differences(patch_reference, out, PATCH_KEYS))
+def test_patch_aligned_stage1_on_two_ranks_equals_one_rank(layout, inputs, references, tmp_path):
+    out = run("patch", tmp_path / layout, inputs, layout=layout)
+    assert_equivalent(run_differences(references["patch"], out, KEYS["patch"]))
     # the PAD counters compared above are summed over processes, and not all 0
     assert step_logs(out)[-1]["pad_regions_fallback"] > 0
 
 
 @pytest.mark.parametrize("layout", ["ddp-2x2", "ddp-2x2x1"])
-def test_caption_only_stage1_on_two_ranks_equals_one_rank(layout, data, caption_reference, tmp_path):
-    out = run(LLAVA_ENTRY, tmp_path / layout, data, pad=False, layout=layout)
-    assert_equivalent(run_differences(caption_reference, out, CAPTION_KEYS))
+def test_caption_only_stage1_on_two_ranks_equals_one_rank(layout, inputs, references, tmp_path):
+    out = run("caption", tmp_path / layout, inputs, layout=layout)
+    assert_equivalent(run_differences(references["caption"], out, KEYS["caption"]))
 
 
-# The comparison above is only worth something if it fails when the normalisation across processes
-# is wrong: here it must find differences far above its tolerance.
+def test_sea_stage1_on_two_ranks_equals_one_rank_accumulating_the_same_micro_batches(
+    inputs, references, tmp_path
+):
+    out = run("sea", tmp_path / "ddp-2x2", inputs, layout="ddp-2x2")
+    assert_equivalent(run_differences(references["sea"], out, KEYS["sea"]))
+    assert all(entry["sea_pairs"] > 0 for entry in step_logs(out))
+
+
+# The comparisons above are only worth something if they fail when the normalisation across
+# processes is wrong: here they must find differences far above their tolerance.
 
 
 @pytest.mark.parametrize("mutation", ["removed", "doubled"])
-def test_a_region_count_not_summed_once_over_processes_breaks_the_equivalence(
-    mutation, data, patch_reference, tmp_path
+@pytest.mark.parametrize(("objective", "loss"), [("patch", "loss_patch"), ("sea", "loss_sea")])
+def test_a_count_not_summed_once_over_processes_breaks_the_equivalence(
+    objective, loss, mutation, inputs, references, tmp_path
 ):
     entry = tmp_path / "mutant_entry.py"
     entry.write_text(MUTANT_ENTRY)
-    json_path, pad_path = data
     out = tmp_path / mutation
-    argv = [mutation, *stage1_flags(out, json_path, pad_path, per_device_train_batch_size=2)]
+    argv = [mutation, *objective_flags(objective, out, inputs, per_device_train_batch_size=2)]
     assert_succeeded(launch((str(entry),), argv, processes=2))
-    differences = run_differences(patch_reference, out, PATCH_KEYS)
-    assert differences["loss_patch"] > 100 * RELATIVE_TOLERANCE, differences
+    differences = run_differences(references[objective], out, KEYS[objective])
+    assert differences[loss] > 100 * RELATIVE_TOLERANCE, differences
     assert differences["mm_projector"] > 100 * WEIGHT_TOLERANCE, differences
 
 
-def test_caption_tokens_not_counted_over_processes_break_the_equivalence(data, caption_reference, tmp_path):
+def test_caption_tokens_not_counted_over_processes_break_the_equivalence(inputs, references, tmp_path):
     # without the token count summed over ranks, each rank's caption loss is its own token mean
-    out = run(
-        LLAVA_ENTRY, tmp_path / "per-rank-mean", data, pad=False, layout="ddp-2x2",
-        average_tokens_across_devices=False,
-    )
-    differences = run_differences(caption_reference, out, CAPTION_KEYS)
+    out = tmp_path / "per-rank-mean"
+    run("caption", out, inputs, layout="ddp-2x2", average_tokens_across_devices=False)
+    differences = run_differences(references["caption"], out, KEYS["caption"])
     assert differences["loss"] > 100 * RELATIVE_TOLERANCE, differences
     assert differences["mm_projector"] > 100 * WEIGHT_TOLERANCE, differences

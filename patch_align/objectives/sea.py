@@ -2,8 +2,10 @@
 
 `patch_align.sea` holds the method's pieces (labels, sampling, targets, loss); this module joins
 them to one training step:
-- `step_generator(seed, step, process)`: the step's sampling randomness, a pure function of the
-  run's `--seed`, the optimizer step and the process index, so a resumed run draws the same pairs.
+- `step_generator(seed, step, micro_batch)`: a micro-batch's sampling randomness, a pure function
+  of the run's `--seed`, the optimizer step and the micro-batch's index in the step over all
+  processes, so a resumed run draws the same pairs, and so does any layout of the step's
+  micro-batches over processes (W ranks × A accumulation = 1 rank × W·A accumulation).
 - `sample_batch_pairs(batch, ...)`: replaces a batch's labels `sea_word_ids` / `sea_scores`
   (B, N_grid, n) by its sampled pairs `sea_pair_batch_index`, `sea_pair_patch_index`,
   `sea_pair_word_ids` (P,) each.
@@ -52,9 +54,13 @@ class SeaLossConfig:
         SeaTemperature(self.temperature, self.learnable_temperature)  # validates --sea_temperature
 
 
-def step_generator(seed: int, step: int, process: int) -> torch.Generator:
-    """A CPU generator seeded from (seed, step, process) through numpy's SeedSequence (well mixed)."""
-    state = np.random.SeedSequence([seed, step, process]).generate_state(1, dtype=np.uint64)[0]
+def step_generator(seed: int, step: int, micro_batch: int) -> torch.Generator:
+    """A CPU generator seeded from (seed, step, micro_batch) through numpy's SeedSequence (well mixed).
+
+    `micro_batch` = a × W + r for the a-th accumulated micro-batch of process r of W: accelerate
+    gives that micro-batch the sampler's batch (step × A + a) × W + r, which is batch a × W + r of
+    the step for any W (see tests/test_sampler.py)."""
+    state = np.random.SeedSequence([seed, step, micro_batch]).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(state))
 
 
