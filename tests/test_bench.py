@@ -179,3 +179,29 @@ def test_bench_generate_compares_batched_with_one_at_a_time_on_the_same_prompts(
     assert result["flops_per_prompt"] == (tower_forward_flops(shape.vision) + projector_flops(shape)[0]
                                           + generation_flops(shape.llm, result["prompt_tokens"], 4))
     assert result["prompt_tokens"] > shape.vision.num_patches
+
+
+def test_bench_pad_runs_the_pipeline_and_splits_its_time_by_stage(tmp_path):
+    from patch_align.cli import main
+
+    out = tmp_path / "pad.json"
+    argv = ["bench", "pad", "--models", "tiny", "--work", str(tmp_path / "work"), "--images", "3",
+            "--batch-size", "2", "--image-width", "64", "--image-height", "48", "--device", "cpu",
+            "--out", str(out)]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["images"] == 3
+    assert 0 < result["regions"] <= 3 * 4  # random boxes at threshold 0, at most --max-regions 4 each
+    assert result["images_per_s"] == pytest.approx(3 / result["seconds"])
+    stages = result["stage_seconds"]
+    assert set(stages) == {"tagger", "detector", "segmenter", "other"}
+    assert min(stages["detector"], stages["segmenter"]) > 0
+    assert sum(stages.values()) == pytest.approx(result["seconds"] / 3)
+
+
+def test_bench_pad_refuses_unknown_models_before_building_any(tmp_path, capsys):
+    from patch_align.cli import main
+
+    assert main(["bench", "pad", "--models", "huge", "--work", str(tmp_path / "work")]) == 2
+    assert "--models 'huge': choose one of ('tiny', 'full')" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()
