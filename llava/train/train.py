@@ -1,7 +1,8 @@
 """LLaVA training entry: `python llava/train/train.py ...` or `python -m llava.train.train ...`.
 
-Read top to bottom: parse flags → tokenizer → language model → (LoRA) → vision tower and
-projector → what trains → data → trainer → train (resuming if checkpoints exist) → save.
+Read top to bottom: parse flags → check the data flags and template (no model needed) →
+tokenizer → language model → (LoRA) → vision tower and projector → what trains → data →
+trainer → train (resuming if checkpoints exist) → save.
 Flags and defaults are upstream LLaVA's (see `arguments.py`); a plugin changes the
 dataset, collator, trainer class and callbacks through a `TrainRecipe`.
 """
@@ -26,6 +27,7 @@ from llava.model.checkpoints import NON_LORA_FILE, atomic_torch_save, cpu_copies
 from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments
 from llava.train.data import conversation_template
+from llava.train.llava_json import load_llava_json
 from llava.train.llava_trainer import unwrap_peft
 from llava.train.recipe import TrainContext, TrainRecipe
 
@@ -38,6 +40,19 @@ def compute_dtype(training_args) -> torch.dtype:
     if training_args.fp16:
         return torch.float16
     return torch.float32
+
+
+def check_data_inputs(data_args: DataArguments) -> None:
+    """The data flags' checks that need no model, run before the tokenizer and model load: the data
+    file exists and every record follows `llava_json`'s rules, the image folder exists when given.
+
+    The dataset reads the file again when it is built (for LLaVA-1.5's 665k records, seconds
+    against the minutes a model load takes before a late failure)."""
+    if not data_args.data_path:
+        raise ValueError("--data_path is required: the LLaVA JSON list of training samples")
+    load_llava_json(data_args.data_path)
+    if data_args.image_folder is not None and not pathlib.Path(data_args.image_folder).is_dir():
+        raise FileNotFoundError(f"--image_folder {data_args.image_folder} does not exist or is not a folder")
 
 
 def init_deepspeed_comm(training_args: TrainingArguments) -> None:
@@ -203,6 +218,8 @@ def build_trainer(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     set_seed(training_args.seed)  # before the projector is built: runs are reproducible
+    check_data_inputs(data_args)
+    conversation_template(model_args.version)  # fail (or warn) about --version before anything loads
     init_deepspeed_comm(training_args)  # before zero.Init partitions the model in from_pretrained
     data_args.version = model_args.version
 
@@ -212,7 +229,6 @@ def build_trainer(
         model = apply_lora(model, training_args)
     if model_args.vision_tower is not None:
         attach_vision(model, tokenizer, model_args, data_args, training_args)
-    conversation_template(model_args.version)  # fail (or warn) about --version before any data work
     logger.info(
         "template %s; trainable parameters: %d",
         model_args.version,
