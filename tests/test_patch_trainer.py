@@ -10,7 +10,8 @@ FIXTURES = Path(__file__).parent / "data" / "upstream_golden" / "fixtures-437"
 
 
 def stage1_argv(output_dir, data_path=FIXTURES / "pretrain.json", **flags):
-    """The LLaVA-1.5 stage-1 flags on the fixture models, plus the plugin's; `flags` override."""
+    """The LLaVA-1.5 stage-1 flags on the fixture models, plus the plugin's; `flags` override
+    (a None value drops the flag)."""
     base = {
         "model_name_or_path": FIXTURES / "llm",
         "version": "plain",
@@ -35,7 +36,7 @@ def stage1_argv(output_dir, data_path=FIXTURES / "pretrain.json", **flags):
         "seed": 0,
     }
     base.update(flags)
-    return [part for key, value in base.items() for part in (f"--{key}", str(value))]
+    return [part for key, value in base.items() if value is not None for part in (f"--{key}", str(value))]
 
 
 def build_trainer(argv, callbacks=()):
@@ -200,3 +201,13 @@ def test_resumed_run_continues_on_the_same_beta_curve(tmp_path):
     # the running region totals continue from checkpoint-3's, not from 0
     assert [d["pad_regions_fallback"] for d in after] == [d["pad_regions_fallback"] for d in full]
     assert full[-1]["pad_regions_fallback"] > full[2]["pad_regions_fallback"] > 0
+
+
+def test_sea_refuses_ddp_searching_for_unused_parameters(tmp_path):
+    # τ is used outside the model's forward: the search would mark it ready twice under DDP
+    from test_sea_train import write_colour_labels
+
+    labels = write_colour_labels(tmp_path / "labels")
+    argv = stage1_argv(tmp_path, align_objective="sea", sea_labels=labels, pad_path=None)
+    with pytest.raises(ValueError, match="--ddp_find_unused_parameters True does not work with SEA"):
+        build_trainer([*argv, "--ddp_find_unused_parameters", "True"])
