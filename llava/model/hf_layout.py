@@ -71,6 +71,9 @@ class VisionFamily:
     model_type: str
     # extra tokens the tower emits besides the patches (CLIP's CLS): LlavaProcessor's count
     num_additional_image_tokens: int
+    # the tower's inner prefix in files (transformers 4.x's CLIPVisionModel nests `vision_model`;
+    # 5.x's is flat in memory and adds/strips it when reading old files)
+    file_prefix: str = ""
 
 
 def _llama_config(**kwargs) -> PreTrainedConfig:
@@ -83,14 +86,25 @@ TEXT_FAMILIES: dict[str, TextFamily] = {
     "llama": TextFamily(model_type="llama", architecture="LlamaForCausalLM", config_class=_llama_config),
 }
 VISION_FAMILIES: dict[str, VisionFamily] = {
-    "clip_vision_model": VisionFamily(model_type="clip_vision_model", num_additional_image_tokens=1),
+    "clip_vision_model": VisionFamily(
+        model_type="clip_vision_model", num_additional_image_tokens=1, file_prefix="vision_model."
+    ),
 }
 # Our config's model_type -> the text family its LLM belongs to.
 OUR_MODEL_TYPES = {"llava_llama": "llama"}
 
+# transformers 5's LlavaForConditionalGeneration in memory ...
 HF_PREFIX_TOWER = "model.vision_tower."
 HF_PREFIX_PROJECTOR = "model.multi_modal_projector."
 HF_PREFIX_TEXT = "model.language_model."
+# ... and in files: the layout of the published llava-hf checkpoints, which transformers 5 itself writes
+# (`save_original_format`), transformers 4.x and every vLLM/SGLang version read.
+FILE_PREFIXES = (
+    (HF_PREFIX_TEXT, "language_model.model."),
+    ("lm_head.", "language_model.lm_head."),
+    (HF_PREFIX_PROJECTOR, "multi_modal_projector."),
+    (HF_PREFIX_TOWER, "vision_tower."),
+)
 _OURS_TOWER = "model.vision_tower."
 _OURS_PROJECTOR = "model.mm_projector."
 
@@ -336,7 +350,6 @@ def export_model(model, tokenizer, out: str | os.PathLike, conv_mode: str = "vic
     )
     check_prompt_ids(processor, conv, tower.num_patches + (strategy == "full"))
     tokenizer.chat_template = chat_template  # engines that read the template from the tokenizer
-    tokenizer.padding_side = "left"  # batched generation; training-time padding is not part of an export
 
     text_config = _text_config_dict(config, family, vocab_after)
     if tokenizer.pad_token_id is not None:
@@ -364,11 +377,12 @@ def export_model(model, tokenizer, out: str | os.PathLike, conv_mode: str = "vic
     hf_model.load_state_dict(weights, strict=True, assign=True)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    hf_model.save_pretrained(out)
+    files = file_state_dict(weights, vision_family.file_prefix)
+    hf_model.save_pretrained(out, state_dict=files, save_original_format=False)
     processor.save_pretrained(out)
     # preprocessor_config.json too: transformers 4.x (and engines pinned to it) read the image processor there
     processor.image_processor.save_pretrained(out)
-    _use_tokenizer_json_as_written(out)
+    _finish_tokenizer_config(out)
     return ExportSummary(out, image_token_index, vocab_before, vocab_after, "pad" if pad else "square")
 
 
@@ -406,12 +420,24 @@ def export_checkpoint(
     return export_model(model, tokenizer, out, conv_mode)
 
 
-def _use_tokenizer_json_as_written(out: Path) -> None:
+def file_state_dict(weights: dict[str, torch.Tensor], tower_prefix: str) -> dict[str, torch.Tensor]:
+    """In-memory llava-hf keys → the keys written to the files (`FILE_PREFIXES`, the tower's inner prefix)."""
+    out = {}
+    for key, value in weights.items():
+        memory, file = next((m, f) for m, f in FILE_PREFIXES if key.startswith(m))
+        inner = tower_prefix if memory == HF_PREFIX_TOWER else ""
+        out[file + inner + key.removeprefix(memory)] = value
+    return out
+
+
+def _finish_tokenizer_config(out: Path) -> None:
     """Make `AutoTokenizer` load tokenizer.json as written (transformers 5's LlamaTokenizer rebuilds its
-    normalizer and would drop the `<image>` rule); drop load-time keys so the file is reproducible."""
+    normalizer and would drop the `<image>` rule) and pad on the left (batched generation; training's
+    padding side is no part of an export); drop load-time keys so the file is reproducible."""
     path = out / "tokenizer_config.json"
     config = json.loads(path.read_text())
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config["padding_side"] = "left"
     for key in ("is_local", "local_files_only"):
         config.pop(key, None)
     path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
