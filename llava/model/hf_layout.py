@@ -605,8 +605,12 @@ def import_hf(folder: str | os.PathLike, out: str | os.PathLike, projector_only:
         llm.load_state_dict(text, strict=True, assign=True)
         llm.save_pretrained(llm_dir)
         write_tokenizer(tokenizer, llm_dir)
-        config._name_or_path = str(llm_dir.resolve())
         config.save_pretrained(out)
+        # the base the loader uses when no model_base is given (transformers 5 does not write this key)
+        config_path = out / "config.json"
+        written = json.loads(config_path.read_text())
+        written["_name_or_path"] = str(llm_dir.resolve())
+        config_path.write_text(json.dumps(written, indent=2, sort_keys=True) + "\n")
         atomic_torch_save(projector, out / "mm_projector.bin")
     else:
         with torch.device("meta"):
