@@ -33,7 +33,14 @@ from tqdm import tqdm
 
 from llava.eval.eval_vqa import iter_jsonl
 from llava.eval.generation import GenerationSettings, decode_answers, encode_images, generate_token_ids
-from llava.eval.run_llava import image_query, new_chat, resolve_device, single_turn_prompt, stop_string
+from llava.eval.run_llava import (
+    check_model_paths,
+    image_query,
+    new_chat,
+    resolve_device,
+    single_turn_prompt,
+    stop_string,
+)
 from llava.mm_utils import get_model_name_from_path, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
 
@@ -272,6 +279,7 @@ def pending_chunk(args: argparse.Namespace) -> list[dict[str, Any]]:
         args.chunk_idx, args.num_chunks, len(questions), len(questions) - len(todo), answers_file,
     )
     check_question_images(todo, args.image_folder)
+    check_model_paths(args)
     return todo
 
 

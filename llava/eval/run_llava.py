@@ -31,6 +31,7 @@ from llava.conversation import Conversation, SeparatorStyle, conv_templates
 from llava.eval.generation import generate_batch
 from llava.mm_utils import get_model_name_from_path
 from llava.model.builder import load_pretrained_model
+from llava.paths import resolve_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +151,16 @@ def query_inputs(args: argparse.Namespace) -> tuple[list[Image.Image], str]:
     image_files = [f for f in args.image_file.split(args.sep) if f] if args.image_file else []
     images = load_images(image_files)
     check_image_placeholders(args.query, len(images))
+    check_model_paths(args)
     return images, choose_conv_mode(get_model_name_from_path(args.model_path), args.conv_mode)
+
+
+def check_model_paths(args: argparse.Namespace) -> None:
+    """`--model-path` / `--model-base` are local folders or hub ids this machine can get (fetched into the
+    hub cache now, so the load finds them); `llava.paths.HubModelError` / FileNotFoundError otherwise."""
+    resolve_model_path(args.model_path, None, "--model-path")
+    if args.model_base:
+        resolve_model_path(args.model_base, None, "--model-base")
 
 
 def eval_model(args: argparse.Namespace, inputs: tuple[list[Image.Image], str] | None = None) -> str:

@@ -54,8 +54,9 @@ def parse_checkpoint(value: str) -> Checkpoint:
 
 def check_checkpoints(checkpoints: list[Checkpoint]) -> None:
     """Names must be unique and folder-safe; then each path must be a checkpoint folder (model
-    weights, LoRA adapter or projector, with its config.json): hub ids cannot be fetched offline."""
+    weights, LoRA adapter or projector, with its config.json), or a hub id this machine can get."""
     from llava.model.checkpoints import detect_checkpoint_kind, read_config_dict
+    from llava.paths import resolve_model_path
 
     seen: dict[str, str] = {}
     for checkpoint in checkpoints:
@@ -67,11 +68,15 @@ def check_checkpoints(checkpoints: list[Checkpoint]) -> None:
                              f"{checkpoint.name!r}; name them apart with --model-path NAME=PATH")
         seen[checkpoint.name] = checkpoint.path
     for checkpoint in checkpoints:
-        if not Path(checkpoint.path).is_dir():
+        try:
+            folder = resolve_model_path(checkpoint.path, None, "--model-path")
+        except OSError as error:
+            raise SuiteError(f"checkpoint {checkpoint.name!r}: {error}") from error
+        if not Path(folder).is_dir():
             raise SuiteError(f"checkpoint {checkpoint.name!r}: folder not found: {checkpoint.path}")
         try:
-            detect_checkpoint_kind(checkpoint.path)
-            read_config_dict(checkpoint.path)
+            detect_checkpoint_kind(folder)
+            read_config_dict(folder)
         except json.JSONDecodeError as error:
             raise SuiteError(f"checkpoint {checkpoint.name!r}: {Path(checkpoint.path) / 'config.json'} "
                              f"is not valid JSON ({error})") from error
