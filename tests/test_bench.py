@@ -103,6 +103,7 @@ def test_bench_train_times_every_method_and_reports_ratio_mfu_and_flops(tiny_tra
     assert result["flops_by_part"] == asdict(expected)
     for m in result["methods"]:
         assert m["step"]["count"] == 2 and m["step"]["minimum"] <= m["step"]["median"] <= m["step"]["maximum"]
+        assert m["data"]["count"] == 2 and m["data"]["median"] > 0  # batch fetch, timed apart
         assert m["samples_per_s"] == pytest.approx(2 / m["step"]["median"])
         assert m["tokens_per_s"] == pytest.approx(m["samples_per_s"] * result["tokens_per_sample"])
         assert m["mfu"] == pytest.approx(expected.total * m["samples_per_s"] / (result["peak_tflops"] * 1e12))
@@ -205,3 +206,17 @@ def test_bench_pad_refuses_unknown_models_before_building_any(tmp_path, capsys):
     assert main(["bench", "pad", "--models", "huge", "--work", str(tmp_path / "work")]) == 2
     assert "--models 'huge': choose one of ('tiny', 'full')" in capsys.readouterr().err
     assert not (tmp_path / "work").exists()
+
+
+def test_step_time_script_reports_the_benchmarks_ratio(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "scripts" / "tiny" / "measure_patch_align_step_time.py"
+    done = subprocess.run([sys.executable, str(script), "3", str(tmp_path)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    last_line = done.stdout.splitlines()[-1]  # libraries log to stdout before it
+    assert re.fullmatch(r"batch 4, 3 steps each: caption-only [\d.]+ ms \(batch fetch [\d.]+ ms\), "
+                        r"patch-aligned [\d.]+ ms \(batch fetch [\d.]+ ms\), ratio [\d.]+", last_line)
