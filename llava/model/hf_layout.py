@@ -463,9 +463,12 @@ def check_prompt_ids(processor, conv: Conversation, n_image_tokens: int) -> None
     expanded = prompt.replace(DEFAULT_IMAGE_TOKEN, DEFAULT_IMAGE_TOKEN * n_image_tokens)
     theirs = processor.tokenizer(expanded).input_ids
     if ours != theirs:
+        pairs = enumerate(zip(ours, theirs, strict=False))
+        at = next((i for i, (a, b) in pairs if a != b), min(len(ours), len(theirs)))
+        window = slice(max(at - 3, 0), at + 5)
         raise HfLayoutError(
-            f"the exported tokenizer does not tokenise the {conv.version!r} prompt as LLaVA does: "
-            f"{theirs[:40]} vs ours {ours[:40]}"
+            f"the exported tokenizer does not tokenise the {conv.version!r} prompt as LLaVA does: from "
+            f"token {at} it gives {theirs[window]}, LLaVA {ours[window]}"
         )
 
 
