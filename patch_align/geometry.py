@@ -98,19 +98,39 @@ def processor_transform(width: int, height: int, mode: AspectMode, image_process
     return model_input_transform(width, height, mode, shortest_edge, (crop["height"], crop["width"]))
 
 
-def _mask_integral(summed: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+def _prefix_sums_at(values: np.ndarray, points: np.ndarray, axis: int) -> np.ndarray:
+    """Sums of `values` over [0, p) along `axis` for every integer p of `points` (0 ≤ p ≤ size);
+    int64 (exact) for a bool or integer mask.
+
+    One pass (`reduceat` over the segments between the points), not a full cumulative sum.
+    """
+    size = values.shape[axis]
+    boundaries = np.unique(np.concatenate([[0, size], points]))
+    exact = np.int64 if values.dtype == bool or np.issubdtype(values.dtype, np.integer) else np.float64
+    segments = np.add.reduceat(values, boundaries[:-1], axis=axis, dtype=exact)
+    zero = np.zeros_like(np.take(segments, [0], axis=axis))
+    prefix = np.concatenate([zero, segments.cumsum(axis=axis)], axis=axis)
+    return np.take(prefix, np.searchsorted(boundaries, points), axis=axis)
+
+
+def _mask_integral(mask: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """∫∫ mask over [0, x] × [0, y] for every pair of `ys` (rows) and `xs` (columns): (len(ys), len(xs)).
 
-    `summed` is the (H+1, W+1) summed-area table. The mask is constant on each pixel,
-    so the integral is bilinear between integer corners: interpolating the table is exact.
+    The mask is constant on each pixel, so the integral is bilinear between integer corners:
+    interpolating the summed-area table is exact. Only the table's entries at those corners are
+    computed (exact integer counts): the full (H+1, W+1) table cost ~4 ms per 336 px region in
+    the dataloader, 5-9x more than this.
     """
-    height, width = summed.shape[0] - 1, summed.shape[1] - 1
+    height, width = mask.shape
     xs, ys = np.clip(xs, 0, width), np.clip(ys, 0, height)
     x0 = np.minimum(np.floor(xs).astype(int), width - 1)
     y0 = np.minimum(np.floor(ys).astype(int), height - 1)
     fx, fy = (xs - x0)[None, :], (ys - y0)[:, None]
-    top = summed[y0][:, x0] * (1 - fx) + summed[y0][:, x0 + 1] * fx
-    bottom = summed[y0 + 1][:, x0] * (1 - fx) + summed[y0 + 1][:, x0 + 1] * fx
+    n_x, n_y = len(x0), len(y0)
+    columns = _prefix_sums_at(mask, np.concatenate([x0, x0 + 1]), axis=1)
+    table = _prefix_sums_at(columns, np.concatenate([y0, y0 + 1]), axis=0).astype(np.float64)
+    top = table[:n_y, :n_x] * (1 - fx) + table[:n_y, n_x:] * fx
+    bottom = table[n_y:, :n_x] * (1 - fx) + table[n_y:, n_x:] * fx
     return top * (1 - fy) + bottom * fy
 
 
@@ -132,12 +152,10 @@ def mask_to_patch_coverage(mask: np.ndarray, transform: ImageTransform | AspectM
     if transform.output_width % patch_size or transform.output_height % patch_size:
         raise ValueError(f"model input {transform.output_width}x{transform.output_height} is not a whole "
                          f"number of {patch_size}-px patches")
-    summed = np.zeros((height + 1, width + 1))
-    summed[1:, 1:] = mask.astype(np.float64).cumsum(0).cumsum(1)
     edges_x = np.arange(0, transform.output_width + 1, patch_size, dtype=np.float64)
     edges_y = np.arange(0, transform.output_height + 1, patch_size, dtype=np.float64)
     xs, ys = transform.invert(edges_x, edges_y)
-    integral = _mask_integral(summed, xs, ys)
+    integral = _mask_integral(mask, xs, ys)
     covered = integral[1:, 1:] - integral[:-1, 1:] - integral[1:, :-1] + integral[:-1, :-1]
     patch_area = patch_size * patch_size / (transform.scale_x * transform.scale_y)  # in original px²
     # clip only float rounding (|error| ~ 1e-12); the exact value is always within [0, 1]
