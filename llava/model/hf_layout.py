@@ -382,7 +382,7 @@ def export_model(model, tokenizer, out: str | os.PathLike, conv_mode: str = "vic
     processor.save_pretrained(out)
     # preprocessor_config.json too: transformers 4.x (and engines pinned to it) read the image processor there
     processor.image_processor.save_pretrained(out)
-    _finish_tokenizer_config(out)
+    _finish_tokenizer_config(out, chat_template)
     return ExportSummary(out, image_token_index, vocab_before, vocab_after, "pad" if pad else "square")
 
 
@@ -430,14 +430,16 @@ def file_state_dict(weights: dict[str, torch.Tensor], tower_prefix: str) -> dict
     return out
 
 
-def _finish_tokenizer_config(out: Path) -> None:
+def _finish_tokenizer_config(out: Path, chat_template: str) -> None:
     """Make `AutoTokenizer` load tokenizer.json as written (transformers 5's LlamaTokenizer rebuilds its
-    normalizer and would drop the `<image>` rule) and pad on the left (batched generation; training's
-    padding side is no part of an export); drop load-time keys so the file is reproducible."""
+    normalizer and would drop the `<image>` rule), pad on the left (batched generation; training's
+    padding side is no part of an export) and carry the chat template (transformers 4.x reads it only
+    here); drop load-time keys so the file is reproducible."""
     path = out / "tokenizer_config.json"
     config = json.loads(path.read_text())
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
     config["padding_side"] = "left"
+    config["chat_template"] = chat_template
     for key in ("is_local", "local_files_only"):
         config.pop(key, None)
     path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
