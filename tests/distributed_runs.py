@@ -32,6 +32,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def run_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a test run: offline, CPU only, one thread per process, the venv's
+    launchers on PATH, plus `extra`."""
+    return {
+        **os.environ, "HF_HUB_OFFLINE": "1", "WANDB_DISABLED": "true", "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONFAULTHANDLER": "1",  # a rank killed by a signal prints where it was
+        **(extra or {}),
+    }
+
+
 def launch(
     entry: tuple[str, ...] | list[str],
     flags: list[str],
@@ -46,12 +58,7 @@ def launch(
         raise ValueError(f"launcher must be one of {LAUNCHERS}, got {launcher!r}")
     if launcher == "python" and processes != 1:
         raise ValueError("the python launcher runs one process")
-    env = {
-        **os.environ, "HF_HUB_OFFLINE": "1", "WANDB_DISABLED": "true", "CUDA_VISIBLE_DEVICES": "",
-        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
-        "PYTHONFAULTHANDLER": "1",  # a rank killed by a signal prints where it was
-        **(env or {}),
-    }
+    env = run_env(env)
     entry = list(entry)
     if launcher == "python":
         cmd = [sys.executable, *entry]

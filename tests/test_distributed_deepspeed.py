@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -30,9 +31,11 @@ from distributed_runs import (
     PATCH_ENTRY,
     REPO,
     assert_succeeded,
+    free_port,
     launch,
     log_differences,
     run_differences,
+    run_env,
     stage1_flags,
     step_logs,
     write_uneven_stage1_data,
@@ -212,3 +215,25 @@ def test_resuming_from_checkpoint_2_continues_as_the_uninterrupted_run(zero_stag
     assert differences.pop("mm_projector") <= WEIGHT_TOLERANCE
     assert max(differences.values()) <= RELATIVE_TOLERANCE, differences
     assert [e["patch_beta"] for e in step_logs(stopped)] == pytest.approx([0.0, 1.25, 2.5, 3.75])
+
+
+def test_the_stage1_launch_script_trains_on_two_processes(tmp_path):
+    # scripts/v1_5/pretrain_patch_align.sh as a user runs it, on 2 processes through DEEPSPEED_ARGS
+    data, pad = write_uneven_stage1_data(tmp_path / "data")
+    out = tmp_path / "run"
+    env = run_env({
+        "DEEPSPEED_ARGS": f"--num_gpus 2 --master_port {free_port()}", "OUTPUT_DIR": str(out),
+        "MODEL_NAME_OR_PATH": str(FIXTURES / "llm"), "VISION_TOWER": str(FIXTURES / "clip"),
+        "DATA_PATH": str(data), "IMAGE_FOLDER": str(FIXTURES / "images"), "PAD_PATH": str(pad),
+        "PER_DEVICE_BATCH": "2",
+    })
+    cpu_flags = ["--bf16", "False", "--max_steps", "2", "--report_to", "none", "--model_max_length", "256",
+                 "--dataloader_num_workers", "0"]
+    run = subprocess.run(["bash", "scripts/v1_5/pretrain_patch_align.sh", *cpu_flags], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert_succeeded(run)
+    logs = step_logs(out)
+    assert [entry["epoch"] for entry in logs] == pytest.approx([4 / 24, 8 / 24])  # 2 processes x 2 per step
+    assert all("loss_patch" in entry for entry in logs)
+    saved = torch.load(out / PROJECTOR_FILE, weights_only=True)
+    assert {key: tuple(value.shape) for key, value in saved.items()} == PROJECTOR_SHAPES

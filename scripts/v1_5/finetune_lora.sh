@@ -14,8 +14,11 @@ PRETRAIN_MM_MLP_ADAPTER="${PRETRAIN_MM_MLP_ADAPTER:-./checkpoints/llava-v1.5-7b-
 OUTPUT_DIR="${OUTPUT_DIR:-./checkpoints/llava-v1.5-7b-lora}"
 PER_DEVICE_BATCH="${PER_DEVICE_BATCH:-16}"
 GRAD_ACCUM="${GRAD_ACCUM:-1}"
+# deepspeed launcher options, e.g. "--num_gpus 4" or "--hostfile hostfile" (docs/distributed.md)
+DEEPSPEED_ARGS="${DEEPSPEED_ARGS:-}"
 
-exec deepspeed llava/train/train_mem.py \
+# shellcheck disable=SC2086  # DEEPSPEED_ARGS is split into its options on purpose
+exec deepspeed $DEEPSPEED_ARGS llava/train/train_mem.py \
     --lora_enable True --lora_r 128 --lora_alpha 256 --mm_projector_lr 2e-5 \
     --deepspeed ./scripts/zero3.json \
     --model_name_or_path "$MODEL_NAME_OR_PATH" \

@@ -14,8 +14,11 @@ IMAGE_FOLDER="${IMAGE_FOLDER:-./playground/data/LLaVA-Pretrain/images}"
 OUTPUT_DIR="${OUTPUT_DIR:-./checkpoints/llava-v1.5-7b-pretrain}"
 PER_DEVICE_BATCH="${PER_DEVICE_BATCH:-32}"
 GRAD_ACCUM="${GRAD_ACCUM:-1}"
+# deepspeed launcher options, e.g. "--num_gpus 4" or "--hostfile hostfile" (docs/distributed.md)
+DEEPSPEED_ARGS="${DEEPSPEED_ARGS:-}"
 
-exec deepspeed llava/train/train_mem.py \
+# shellcheck disable=SC2086  # DEEPSPEED_ARGS is split into its options on purpose
+exec deepspeed $DEEPSPEED_ARGS llava/train/train_mem.py \
     --deepspeed ./scripts/zero2.json \
     --model_name_or_path "$MODEL_NAME_OR_PATH" \
     --version plain \

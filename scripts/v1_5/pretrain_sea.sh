@@ -28,13 +28,16 @@ ALIGN_OBJECTIVE="${ALIGN_OBJECTIVE:-sea}"
 OUTPUT_DIR="${OUTPUT_DIR:-./checkpoints/llava-v1.5-7b-pretrain-$ALIGN_OBJECTIVE}"
 PER_DEVICE_BATCH="${PER_DEVICE_BATCH:-32}"
 GRAD_ACCUM="${GRAD_ACCUM:-1}"
+# deepspeed launcher options, e.g. "--num_gpus 4" or "--hostfile hostfile" (docs/distributed.md)
+DEEPSPEED_ARGS="${DEEPSPEED_ARGS:-}"
 PAD_FLAGS=()
 if [ "$ALIGN_OBJECTIVE" = "both" ]; then
     PAD_FLAGS=(--pad_path "${PAD_PATH:?set PAD_PATH for ALIGN_OBJECTIVE=both}" --patch_loss_weight 5.0
                --patch_beta_schedule linear --patch_pooling mean)
 fi
 
-exec deepspeed patch_align/train_mem.py \
+# shellcheck disable=SC2086  # DEEPSPEED_ARGS is split into its options on purpose
+exec deepspeed $DEEPSPEED_ARGS patch_align/train_mem.py \
     --deepspeed ./scripts/zero2.json \
     --model_name_or_path "$MODEL_NAME_OR_PATH" \
     --version plain \
