@@ -285,3 +285,20 @@ def test_exported_tokenizer_gives_upstreams_ids_after_the_image(golden_dir, tmp_
     assert theirs(prompt).input_ids == expected
     plain = ours(prompt.replace("<image>", "")).input_ids  # no image: nothing added anywhere
     assert theirs(prompt.replace("<image>", "")).input_ids == plain
+
+
+def test_an_image_token_added_unnormalized_as_the_conversion_script_does_gets_upstreams_ids(golden_dir):
+    """A llava-hf tokenizer from transformers' script (`<image>` with normalized=False) re-exports with the
+    same id and upstream's ids: the normalizer only sees a normalized `<image>`."""
+    from tokenizers import AddedToken
+    from transformers import AutoTokenizer
+
+    from llava.model.hf_layout import add_image_token
+
+    tokenizer = AutoTokenizer.from_pretrained(str(golden_dir / "llava-v1.5-tiny"))
+    tokenizer.add_special_tokens({"additional_special_tokens": [AddedToken("<image>", normalized=False)]})
+    prompt = single_turn_prompt("vicuna_v1", "<image>\nWhat is it?")
+    expected = [320 if i == -200 else i for i in tokenizer_image_token(prompt, tokenizer)]
+    assert tokenizer(prompt).input_ids != expected  # the script's tokenizer: no "▁" after the image
+    assert add_image_token(tokenizer) == 320 and len(tokenizer) == 321
+    assert tokenizer(prompt).input_ids == expected

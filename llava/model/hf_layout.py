@@ -247,12 +247,14 @@ def add_image_token(tokenizer) -> int:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise HfLayoutError(f"tokenizer {type(tokenizer).__name__} is not backed by `tokenizers`")
+    # normalized=True: the normalizer sees `<image>` in the text and adds the space after it
+    token = AddedToken(DEFAULT_IMAGE_TOKEN, normalized=True, special=True)
     if DEFAULT_IMAGE_TOKEN not in tokenizer.get_vocab():
-        # normalized=True: the normalizer sees `<image>` in the text and adds the space after it
         tokenizer.add_special_tokens(
-            {"additional_special_tokens": [AddedToken(DEFAULT_IMAGE_TOKEN, normalized=True, special=True)]},
-            replace_extra_special_tokens=False,
+            {"additional_special_tokens": [token]}, replace_extra_special_tokens=False
         )
+    # an `<image>` added with normalized=False (transformers' conversion script) keeps its id, gets the flag
+    backend.add_special_tokens([token])
     mine = normalizers.Replace(Regex(_IMAGE_SPACE_PATTERN), f"{DEFAULT_IMAGE_TOKEN} ")
     existing = backend.normalizer
     if existing is None or json.loads(existing.__getstate__()) == json.loads(mine.__getstate__()):
