@@ -3,8 +3,9 @@
 Export writes what transformers, its pipelines and the serving engines load (docs/export.md):
 
     config.json                 model_type "llava", vision_config, text_config, image_token_index, ...
-    model.safetensors           model.vision_tower.* / model.multi_modal_projector.* /
-                                model.language_model.* / lm_head.*   (transformers 5's own key layout)
+    model.safetensors           language_model.model.* / language_model.lm_head.* /
+                                multi_modal_projector.* / vision_tower.vision_model.*  (the published
+                                llava-hf key names; transformers 5 maps them onto its model.* names)
     tokenizer files             `<image>` added as a special token; vocabulary rows resized
     processor_config.json, preprocessor_config.json, chat_template.jinja
 
@@ -19,7 +20,6 @@ tower family is one entry each (plus its projector/feature rules if they differ)
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 from collections.abc import Callable
@@ -32,8 +32,6 @@ from transformers import PreTrainedConfig
 
 from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 from llava.conversation import Conversation, SeparatorStyle, conv_templates
-
-logger = logging.getLogger(__name__)
 
 # transformers' conversion script pads the resized vocabulary to a multiple of 64 (32000 -> 32064)
 VOCAB_MULTIPLE = 64
@@ -264,8 +262,9 @@ def add_image_token(tokenizer) -> int:
     return tokenizer.convert_tokens_to_ids(DEFAULT_IMAGE_TOKEN)
 
 
-def hf_state_dict(model, image_token_index: int, vocab_after: int) -> dict[str, torch.Tensor]:
-    """Our loaded LlavaLlamaForCausalLM (tower loaded) → llava-hf's state dict, vocabulary resized."""
+def hf_state_dict(model, vocab_after: int) -> dict[str, torch.Tensor]:
+    """Our loaded LlavaLlamaForCausalLM (tower loaded) → transformers' in-memory llava-hf state dict, with
+    the embedding and LM head grown to (vocab_after, D)."""
     family = TEXT_FAMILIES[OUR_MODEL_TYPES[model.config.model_type]]
     out: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
@@ -372,7 +371,7 @@ def export_model(model, tokenizer, out: str | os.PathLike, conv_mode: str = "vic
     )
     hf_config.architectures = ["LlavaForConditionalGeneration"]
     hf_config.dtype = model.dtype
-    weights = hf_state_dict(model, image_token_index, vocab_after)
+    weights = hf_state_dict(model, vocab_after)
     with torch.device("meta"):
         hf_model = LlavaForConditionalGeneration(hf_config)
     # strict: the key layout is exactly the one transformers builds today (a rename would fail here)
