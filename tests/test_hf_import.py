@@ -144,3 +144,18 @@ def test_import_of_a_llava_hf_folder_without_weights_is_an_error(exported, tmp_p
     (folder / "model.safetensors").unlink()
     err = error_of(["import", "hf", "--model-path", str(folder), "--out", str(tmp_path / "ours")], capsys)
     assert err.endswith(f"error: {folder} holds no model weights (*.safetensors / pytorch_model*.bin)")
+
+
+def test_export_dtype_flag_sets_the_weights_and_config_dtype(golden_dir, tmp_path, capsys):
+    out = tmp_path / "hf"
+    assert export(["export", "hf", "--model-path", str(golden_dir / "llava-v1.5-tiny"), "--out", str(out),
+                   "--dtype", "bfloat16"], capsys) == 0
+    assert {t.dtype for t in load_file(out / "model.safetensors").values()} == {torch.bfloat16}
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_export_with_an_unknown_conversation_mode_lists_the_templates(golden_dir, tmp_path, capsys):
+    err = error_of(["export", "hf", "--model-path", str(golden_dir / "llava-v1.5-tiny"), "--out",
+                    str(tmp_path / "hf"), "--conv-mode", "vicuna"], capsys)
+    assert err.startswith("patch-align export hf: error: --conv-mode 'vicuna' is not a template; choose from")
+    assert "'vicuna_v1'" in err
