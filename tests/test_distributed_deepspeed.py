@@ -10,10 +10,10 @@
   file left); the projector-only checkpoints hold the full, gathered weights (equal to a
   1-process run's); resuming from `checkpoint-2` continues exactly as the uninterrupted run.
 
-Tolerances as in test_distributed_equivalence.py (rounding only: measured ≤ 5e-7 relative on
-logged values and ≤ 6e-7 on weights after 3 full-finetune steps, where Adam's first steps scale
-tiny gradient differences up to the learning rate); resuming is exact (0 difference measured),
-so it is compared at the same tolerances.
+Tolerances: 1e-6 relative on logged values, 1e-5 absolute on weights (rounding only:
+measured ≤ 1.3e-7 relative on logged values and ≤ 6.3e-7 on weights after 3 stage-2 steps, where
+Adam's first steps scale tiny gradient differences up to the learning rate); resuming is exact
+(0 difference measured), so it is compared at the same tolerances.
 """
 
 from __future__ import annotations
