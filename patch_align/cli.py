@@ -29,6 +29,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "bench": ("patch_align.bench.cli", "throughput and MFU at named model shapes (docs/performance.md)"),
     "export": ("patch_align.export.cli", "write a checkpoint in the llava-hf layout (docs/export.md)"),
     "import": ("patch_align.export.import_cli", "read a llava-hf folder into our checkpoint layout"),
+    "app": ("patch_align.app.cli", "a local web page: chat and see each patch's alignment (docs/app.md)"),
 }
 
 

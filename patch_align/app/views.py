@@ -18,6 +18,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from patch_align.analysis.alignment import cosine_maps, image_alignment
+from patch_align.analysis.decomposition import _BYTE_TOKEN  # the one definition of a byte piece
 from patch_align.analysis.probes import nearest_words
 from patch_align.analysis.runner import AnalysisAccumulator, AnalysisOptions
 from patch_align.geometry import ImageTransform
@@ -110,14 +111,15 @@ def patch_nearest_words(
 def phrase_token_ids(tokenizer, phrase: str) -> list[int]:
     """A word or phrase as region labels are tokenised; ViewInputError when it is empty or unknown.
 
-    Unknown: any of its tokens is the tokenizer's unknown token (its embedding says nothing of the phrase).
+    Unknown: one of its tokens is the unknown token or a SentencePiece byte piece ``<0x..>``, i.e.
+    characters the vocabulary does not hold (their embeddings say nothing of the phrase).
     """
     ids = tokenize_label(tokenizer, phrase)
     if not ids:
         raise ViewInputError("type a word or phrase (it has no tokens)")
+    pieces = tokenizer.convert_ids_to_tokens(ids)
     unk = getattr(tokenizer, "unk_token_id", None)
-    if unk is not None and unk in ids:
-        pieces = tokenizer.convert_ids_to_tokens(ids)
+    if (unk is not None and unk in ids) or any(_BYTE_TOKEN.match(piece) for piece in pieces):
         raise ViewInputError(f"{phrase.strip()!r} is not in the vocabulary (its tokens: {pieces})")
     return ids
 
