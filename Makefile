@@ -28,17 +28,21 @@ install: $(INSTALL_STAMP)
 # needed for caption scores, so a failure to install it is reported and does not stop the set-up.
 $(INSTALL_STAMP): pyproject.toml | $(VENV_PYTHON)
 	$(VENV_PYTHON) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
-	$(PIP) install -e ".[dev,train]"
+	$(PIP) install -e ".[dev,train,app]"
 	$(PIP) install -e ".[eval]" || { [ -z "$$CI" ] && echo "WARNING: the eval extra (pycocoevalcap) did not" \
 		"install; caption metrics (CIDEr/BLEU) are unavailable, everything else works."; }
 	touch $(INSTALL_STAMP)
 
-# Java runs pycocoevalcap's METEOR/SPICE scorers. CI (CI=true, root, Debian) installs it, since a test
-# skipped for a missing dependency fails there (tests/conftest.py); elsewhere only a note is printed.
+# Java runs pycocoevalcap's METEOR/SPICE scorers, Chromium the app's browser test. CI (CI=true, root,
+# Debian) installs them, since a test skipped for a missing dependency fails there (tests/conftest.py);
+# elsewhere only a note is printed.
 system-deps:
 	@command -v java >/dev/null 2>&1 || { \
 		if [ -n "$$CI" ]; then apt-get update -qq && apt-get install -y -qq default-jre-headless >/dev/null; \
 		else echo "note: no java: the METEOR/SPICE caption tests skip (apt-get install default-jre-headless)"; fi; }
+	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
+		if [ -n "$$CI" ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; \
+		else echo "note: no chromium: the app's browser test skips (apt-get install chromium chromium-driver)"; fi; }
 
 # The CI suite: every test, slow ones included (README gives its measured time on 2 cores).
 test: $(INSTALL_STAMP) system-deps
