@@ -79,6 +79,7 @@ def test_clicking_a_patch_shows_its_nearest_words_mp_and_original_pixels(handler
     nearest = patch_nearest_words(columns[0].view.patch_tokens, session.accumulator.dictionary,
                                   session.accumulator.word_texts, 5)[6]
     assert f"| {nearest.words[0][0]} | {nearest.words[0][1]:+.3f} |" in text
+    assert text.startswith("patch 6 (row 1, column 2) = original pixels x 40.0..60.0")
     assert "**Matching pursuit**" in text and "explained variance" in text
     _, _, message = handlers.select_patch(columns, 1.0, 0.5)
     assert message == "⚠️ point (56, 28) is outside the 4x4 patch grid"

@@ -144,7 +144,8 @@ class AppHandlers:
         self, columns: Sequence[ColumnViews], x_fraction: float, y_fraction: float
     ) -> tuple[list[ColumnViews], list[str], str]:
         """A click at a fraction of the image's width/height → that patch in every column: its nearest
-        words and its matching-pursuit decomposition (markdown per column), and a status message."""
+        words and its matching-pursuit decomposition (markdown per column), and a status message
+        (where the first column's patch lies in the original image)."""
         if any(column.view is None for column in columns):
             return list(columns), ["" for _ in columns], "⚠️ no image: upload or pick one first"
         updated, texts, status = [], [], ""
@@ -157,15 +158,16 @@ class AppHandlers:
                 return list(columns), ["" for _ in columns], f"⚠️ {err}"
             row, col = divmod(patch, grid.grid_shape[1])
             x0, y0, x1, y1 = session.patch_box(view, patch)
-            status = (
+            # each column's own geometry: --compare checkpoints may crop or pad differently
+            where = (
                 f"patch {patch} (row {row}, column {col}) = original pixels "
                 f"x {x0:.1f}..{x1:.1f}, y {y0:.1f}..{y1:.1f}"
             )
-            texts.append(
-                _words_markdown(f"Nearest words of patch {patch}", session.patch_words(view, patch), "cosine")
-                + "\n\n"
-                + _words_markdown("Matching pursuit", session.decomposition(view, patch), "coefficient")
-            )
+            status = status or where
+            words = session.patch_words(view, patch)
+            nearest = _words_markdown(f"Nearest words of patch {patch}", words, "cosine")
+            pursuit = _words_markdown("Matching pursuit", session.decomposition(view, patch), "coefficient")
+            texts.append(f"{where}\n\n{nearest}\n\n{pursuit}")
             updated.append(ColumnViews(view, patch))
         return updated, texts, status
 
