@@ -76,6 +76,9 @@ def test_imported_full_checkpoint_gives_the_original_models_logits(exported, gol
     config = json.loads((tmp_path / "ours" / "config.json").read_text())
     assert config["model_type"] == "llava_llama" and config["image_aspect_ratio"] == "pad"
     assert config["mm_vision_tower"] == str((tmp_path / "ours" / "vision_tower").resolve())
+    # LLaVA trains right-padded; the export's left padding is for generation only
+    assert config["tokenizer_padding_side"] == "right"
+    assert json.loads((tmp_path / "ours" / "tokenizer_config.json").read_text())["padding_side"] == "right"
     original = probe_logits(str(golden_dir / "llava-v1.5-tiny"), None, golden_dir)
     imported = probe_logits(str(tmp_path / "ours"), None, golden_dir)
     assert imported.shape == (original.shape[0], 384)  # the export's rows for <image> and padding stay
