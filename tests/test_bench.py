@@ -87,7 +87,8 @@ def tiny_train_result(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     out = root / "train.json"
     argv = ["bench", "train", "--shape", "tiny", "--work", str(root / "work"), "--batch-size", "2",
-            "--steps", "2", "--rounds", "2", "--warmup", "1", "--out", str(out), "--device", "cpu"]
+            "--steps", "2", "--rounds", "2", "--warmup", "1", "--out", str(out), "--device", "cpu",
+            "--clock", "process"]
     assert main(argv) == 0
     return json.loads(out.read_text()), root
 
@@ -109,7 +110,9 @@ def test_bench_train_times_every_method_and_reports_ratio_mfu_and_flops(tiny_tra
         assert m["mfu"] == pytest.approx(expected.total * m["samples_per_s"] / (result["peak_tflops"] * 1e12))
         assert m["peak_memory"] > 0
     assert result["methods"][0]["ratio_to_caption"] == 1.0
-    assert result["peak_source"].endswith("(approximate)")  # CPU: a measured matmul, not a spec sheet
+    # CPU: a measured matmul on the run's clock, not a spec sheet
+    assert result["peak_source"] == "measured 1024x1024 matmul on this CPU, process clock (approximate)"
+    assert result["settings"]["clock"] == "process"
 
 
 def test_bench_train_data_has_four_pad_regions_per_image_at_the_tower_size(tiny_train_result):
@@ -128,6 +131,7 @@ def test_bench_train_data_has_four_pad_regions_per_image_at_the_tower_size(tiny_
         (["--dtype", "int8"], "--dtype 'int8'"),
         (["--shape", "7b", "--llm-layers", "40"], r"--llm-layers must be in \[1, 32\]"),
         (["--deepspeed", "missing.json"], "--deepspeed missing.json: no such file"),
+        (["--clock", "cpu"], r"--clock 'cpu': choose one of \('wall', 'process'\)"),
     ],
 )
 def test_bench_train_refuses_bad_flags_before_building_anything(tmp_path, capsys, flags, message):

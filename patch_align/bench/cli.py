@@ -17,6 +17,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="peak dense TFLOP/s for MFU (default: per-GPU table; CPU: a measured matmul)")
     parser.add_argument("--out", default=None, help="also write the JSON result to this file")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clock", default="wall",
+                        help="wall, or process: CPU time / threads, for a shared CPU (docs/performance.md)")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -79,7 +81,7 @@ def run_train(args: argparse.Namespace) -> int:
         dtype=args.dtype, attn_implementation=args.attn_implementation,
         gradient_checkpointing=args.gradient_checkpointing, device=args.device, deepspeed=args.deepspeed,
         dataloader_workers=args.dataloader_workers, peak_tflops=args.peak_tflops,
-        caption_tokens=args.caption_tokens or CAPTION_TOKENS, seed=args.seed,
+        caption_tokens=args.caption_tokens or CAPTION_TOKENS, clock=args.clock, seed=args.seed,
     )
     try:
         options.check()
@@ -96,7 +98,7 @@ def run_generate(args: argparse.Namespace) -> int:
         shape=_shape(args), work=args.work, prompts=args.prompts, batch_size=args.batch_size,
         new_tokens=args.new_tokens, rounds=args.rounds, dtype=args.dtype,
         attn_implementation=args.attn_implementation, device=args.device, peak_tflops=args.peak_tflops,
-        seed=args.seed,
+        clock=args.clock, seed=args.seed,
     )
     try:
         options.check()

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from patch_align.bench.measure import Spread, peak_tflops, synchronize
+from patch_align.bench.measure import CLOCKS, Spread, clock, peak_tflops, synchronize
 from patch_align.bench.shapes import BenchShape, generation_flops, projector_flops, tower_forward_flops
 from patch_align.bench.synthetic import build_bench_folders
 from patch_align.bench.train import DTYPES, TrainBenchOptions, resolve_device, training_argv
@@ -37,9 +36,12 @@ class GenerateBenchOptions:
     attn_implementation: str = "sdpa"
     device: str = "auto"
     peak_tflops: float | None = None
+    clock: str = "wall"
     seed: int = 0
 
     def check(self) -> None:
+        if self.clock not in CLOCKS:
+            raise ValueError(f"--clock {self.clock!r}: choose one of {CLOCKS}")
         for flag in ("prompts", "batch_size", "new_tokens", "rounds"):
             if getattr(self, flag) < 1:
                 raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(self, flag)}")
@@ -76,7 +78,8 @@ class GenerateBenchResult:
         s = self.settings
         return [
             f"| {self.shape} (LLM {self.llm_layers} layers) | {m.mode} (batch {m.batch_size}) | "
-            f"{s['device']} {s['dtype']} | {s['prompts']} × {self.new_tokens} new tokens | "
+            f"{s['device']} {s['dtype']} {s['clock']} clock | "
+            f"{s['prompts']} × {self.new_tokens} new tokens | "
             f"{m.seconds.median:.3g} s [{m.seconds.minimum:.3g}, {m.seconds.maximum:.3g}] "
             f"(n={m.seconds.count}) | {m.tokens_per_s:.4g} | {m.mfu * 100:.3f} % | {self.speedup:.2f} |"
             for m in self.modes
@@ -84,7 +87,8 @@ class GenerateBenchResult:
 
 
 MARKDOWN_HEADER = (
-    "| shape | mode | device / dtype | work | time median [min, max] | new tokens/s | MFU | speed-up |\n"
+    "| shape | mode | device / dtype / clock | work | time median [min, max] | new tokens/s | MFU "
+    "| speed-up |\n"
     + "|---" * 8 + "|"
 )
 
@@ -111,14 +115,16 @@ def run_generate_bench(options: GenerateBenchOptions) -> GenerateBenchResult:
     prompts = [PROMPT] * len(images)
     settings = GenerationSettings(max_new_tokens=options.new_tokens)
 
+    now = clock(options.clock)
+
     def run(batch_size: int) -> tuple[float, list[list[int]]]:
         synchronize(device)
-        start = time.perf_counter()
+        start = now()
         with torch.inference_mode():
             ids = generate_batch_token_ids(model, tokenizer, prompts, images, processor, settings,
                                            batch_size=batch_size)
         synchronize(device)
-        return time.perf_counter() - start, ids
+        return now() - start, ids
 
     modes = {"batched": options.batch_size, "one at a time": 1}
     times: dict[str, list[float]] = {mode: [] for mode in modes}
@@ -134,7 +140,7 @@ def run_generate_bench(options: GenerateBenchOptions) -> GenerateBenchResult:
     new = sum(len(row) for row in tokens["batched"])
     per_prompt = (tower_forward_flops(options.shape.vision) + projector_flops(options.shape)[0]
                   + generation_flops(options.shape.llm, prompt_tokens, options.new_tokens))
-    peak, source = peak_tflops(device, DTYPES[options.dtype], options.peak_tflops)
+    peak, source = peak_tflops(device, DTYPES[options.dtype], options.peak_tflops, options.clock)
     results = []
     for mode, batch_size in modes.items():
         spread = Spread.of(times[mode])
@@ -145,7 +151,8 @@ def run_generate_bench(options: GenerateBenchOptions) -> GenerateBenchResult:
         shape=options.shape.name, llm_layers=options.shape.llm.num_hidden_layers,
         settings={"device": device.type, "dtype": options.dtype, "prompts": options.prompts,
                   "batch_size": options.batch_size, "rounds": options.rounds,
-                  "attn_implementation": options.attn_implementation, "threads": torch.get_num_threads()},
+                  "attn_implementation": options.attn_implementation, "threads": torch.get_num_threads(),
+                  "clock": options.clock},
         prompt_tokens=prompt_tokens, new_tokens=options.new_tokens, flops_per_prompt=per_prompt,
         peak_tflops=peak, peak_source=source,
         speedup=results[1].seconds.median / results[0].seconds.median,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,15 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
-from patch_align.bench.measure import Spread, peak_memory_bytes, peak_tflops, reset_peak_memory, synchronize
+from patch_align.bench.measure import (
+    CLOCKS,
+    Spread,
+    clock,
+    peak_memory_bytes,
+    peak_tflops,
+    reset_peak_memory,
+    synchronize,
+)
 from patch_align.bench.shapes import BenchShape, stage_one_flops
 from patch_align.bench.synthetic import CAPTION_TOKENS, build_bench_folders
 
@@ -50,10 +57,13 @@ class TrainBenchOptions:
     dataloader_workers: int = 0
     peak_tflops: float | None = None
     caption_tokens: int = CAPTION_TOKENS
+    clock: str = "wall"
     seed: int = 0
 
     def check(self) -> None:
         """ValueError naming the flag, before anything is built."""
+        if self.clock not in CLOCKS:
+            raise ValueError(f"--clock {self.clock!r}: choose one of {CLOCKS}")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ValueError(f"--methods {','.join(self.methods)}: choose from {METHODS}")
@@ -116,8 +126,9 @@ class TrainBenchResult:
             ratio = f"{m.ratio_to_caption:.3f}" if m.ratio_to_caption is not None else "-"
             rows.append(
                 f"| {self.shape} (LLM {self.llm_layers} layers) | {m.method} | {s['device']} {s['dtype']} "
-                f"{s['attn_implementation']} | {s['batch_size']} | {m.step.median * 1e3:.1f} "
-                f"[{m.step.minimum * 1e3:.1f}, {m.step.maximum * 1e3:.1f}] ms (n={m.step.count}) "
+                f"{s['attn_implementation']} {s['clock']} clock | {s['batch_size']} "
+                f"| {m.step.median * 1e3:.1f} [{m.step.minimum * 1e3:.1f}, {m.step.maximum * 1e3:.1f}] ms "
+                f"(n={m.step.count}) "
                 f"| {m.data.median * 1e3:.1f} ms | {ratio} "
                 f"| {m.samples_per_s:.3g} | {m.tokens_per_s:.4g} | {m.flops_per_sample / 1e9:.4g} G "
                 f"| {m.mfu * 100:.2f} % | {m.peak_memory / 2**20:.0f} MiB |"
@@ -126,7 +137,7 @@ class TrainBenchResult:
 
 
 MARKDOWN_HEADER = (
-    "| shape | method | device / dtype / attention | batch | step median [min, max] | batch fetch "
+    "| shape | method | device / dtype / attention / clock | batch | step median [min, max] | batch fetch "
     "| ratio to caption | samples/s | tokens/s | FLOPs/sample | MFU | peak memory |\n" + "|---" * 12 + "|"
 )
 
@@ -135,19 +146,20 @@ class StepClock(TrainerCallback):
     """Wall time between consecutive `on_step_end`s of one `train()` call (the first: from
     `on_train_begin`)."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, clock_kind: str = "wall") -> None:
         self.device = device
+        self.now = clock(clock_kind)
         self.times: list[float] = []
         self._last = 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
         synchronize(self.device)
         self.times = []
-        self._last = time.perf_counter()
+        self._last = self.now()
 
     def on_step_end(self, args, state, control, **kwargs):
         synchronize(self.device)
-        now = time.perf_counter()
+        now = self.now()
         self.times.append(now - self._last)
         self._last = now
 
@@ -211,17 +223,18 @@ def _method_trainer(method: str, ctx, folders, clock: StepClock):
     )
 
 
-def batch_fetch_times(trainer, batches: int) -> Spread:
+def batch_fetch_times(trainer, batches: int, clock_kind: str = "wall") -> Spread:
     """Seconds to fetch each of `batches` batches from `trainer`'s dataloader: the share of a step
     that `--dataloader-workers` moves off the training process (and the dataset's caches save)."""
+    now = clock(clock_kind)
     seconds = []
     while len(seconds) < batches:
         iterator = iter(trainer.get_train_dataloader())
         while len(seconds) < batches:
-            start = time.perf_counter()
+            start = now()
             if next(iterator, None) is None:
                 break
-            seconds.append(time.perf_counter() - start)
+            seconds.append(now() - start)
     return Spread.of(seconds)
 
 
@@ -236,8 +249,8 @@ def run_train_bench(options: TrainBenchOptions) -> TrainBenchResult:
     folders = build_bench_folders(options.work, options.shape, samples, options.seed, options.caption_tokens)
     output_dir = tempfile.mkdtemp(prefix="bench-train-")
     _, ctx = build_trainer(None, training_argv(options, folders, output_dir), options.attn_implementation)
-    clock = StepClock(device)
-    trainers = {method: _method_trainer(method, ctx, folders, clock) for method in options.methods}
+    step_clock = StepClock(device, options.clock)
+    trainers = {method: _method_trainer(method, ctx, folders, step_clock) for method in options.methods}
     for trainer in trainers.values():
         trainer.remove_callback(PrinterCallback)  # the result is the output, not every step's logs
 
@@ -248,14 +261,14 @@ def run_train_bench(options: TrainBenchOptions) -> TrainBenchResult:
         for method, trainer in trainers.items():
             reset_peak_memory(device)
             trainer.train()
-            times[method] += clock.times[options.warmup :]
+            times[method] += step_clock.times[options.warmup :]
             used, memory_kind = peak_memory_bytes(device)
             memory[method] = max(memory[method], used)
 
     text_tokens = len(trainers[options.methods[0]].train_dataset[0]["input_ids"]) - 1  # minus <image>
     tokens = options.shape.vision.num_patches + text_tokens
     flops = stage_one_flops(options.shape, text_tokens)
-    peak, peak_source = peak_tflops(device, dtype, options.peak_tflops)
+    peak, peak_source = peak_tflops(device, dtype, options.peak_tflops, options.clock)
     result = TrainBenchResult(
         shape=options.shape.name, llm_layers=options.shape.llm.num_hidden_layers,
         settings={
@@ -264,6 +277,7 @@ def run_train_bench(options: TrainBenchOptions) -> TrainBenchResult:
             "steps": options.steps, "warmup": options.warmup, "rounds": options.rounds,
             "deepspeed": options.deepspeed, "dataloader_workers": options.dataloader_workers,
             "threads": torch.get_num_threads(), "caption_tokens": options.caption_tokens,
+            "clock": options.clock,
         },
         tokens_per_sample=tokens, flops_by_part=asdict(flops), peak_tflops=peak, peak_source=peak_source,
         memory_kind=memory_kind,
@@ -272,7 +286,7 @@ def run_train_bench(options: TrainBenchOptions) -> TrainBenchResult:
         step = Spread.of(times[method][: options.steps])
         samples_per_s = options.batch_size / step.median
         result.methods.append(MethodResult(
-            method=method, step=step, data=batch_fetch_times(trainers[method], options.steps),
+            method=method, step=step, data=batch_fetch_times(trainers[method], options.steps, options.clock),
             samples_per_s=samples_per_s, tokens_per_s=samples_per_s * tokens,
             flops_per_sample=flops.total, mfu=flops.total * samples_per_s / (peak * 1e12),
             peak_memory=memory[method],
