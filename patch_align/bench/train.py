@@ -210,8 +210,11 @@ def _method_trainer(method: str, ctx, folders, clock: StepClock):
                                       patch_beta_schedule="constant")
                   if method == "patch_cosine"
                   else PatchAlignArguments(align_objective="sea", sea_labels=str(folders.sea_labels)))
-        method_ctx = replace(ctx, extra_args={PatchAlignArguments.__name__: plugin})
         recipe = PatchAlignRecipe()
+        # the recipe's other flag groups at their defaults (flags this benchmark does not set)
+        extra = {group.__name__: group() for group in recipe.extra_arguments
+                 if group is not PatchAlignArguments}
+        method_ctx = replace(ctx, extra_args={**extra, PatchAlignArguments.__name__: plugin})
     return recipe.trainer_class(
         model=ctx.model,
         processing_class=ctx.tokenizer,
