@@ -21,6 +21,7 @@ from llava.train.arguments import refuse_unsupported_values
 from llava.train.data import DataCollatorForSupervisedDataset
 from llava.train.llava_trainer import unwrap_peft
 from llava.train.recipe import TrainContext, TrainRecipe
+from patch_align.align_eval import AlignEvalArguments, AlignEvalCallback, make_align_eval_callbacks
 from patch_align.data import (
     PAD_ON_ERROR,
     PadAlignedCollator,
@@ -161,7 +162,7 @@ def _plugin_args(ctx: TrainContext) -> PatchAlignArguments:
 
 @dataclass
 class PatchAlignRecipe(TrainRecipe):
-    extra_arguments: tuple[type, ...] = (PatchAlignArguments,)
+    extra_arguments: tuple[type, ...] = (PatchAlignArguments, AlignEvalArguments)
     trainer_class: type = PatchAlignTrainer
     # label folders opened by this recipe (dataset, trainer and config share one index read)
     _opened_sea_labels: dict[str, SeaLabels] = field(default_factory=dict, repr=False)
@@ -214,6 +215,10 @@ class PatchAlignRecipe(TrainRecipe):
         )
         self._pad_coverage = dataset.pad_coverage
         return dataset
+
+    def make_callbacks(self, ctx: TrainContext) -> list[AlignEvalCallback]:
+        """The in-training alignment evaluation (`--align_eval_pad`, patch_align/align_eval.py), if on."""
+        return make_align_eval_callbacks(ctx, ctx.extra_args[AlignEvalArguments.__name__])
 
     def make_collator(self, ctx: TrainContext) -> PadAlignedCollator:
         return PadAlignedCollator(DataCollatorForSupervisedDataset(tokenizer=ctx.tokenizer))
