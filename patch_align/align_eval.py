@@ -4,8 +4,8 @@
 ``--image_folder``). The first K records of the PAD file are prepared once, when the trainer is
 built (a bad record stops the run then, by name), exactly as ``patch-align analyze`` prepares
 them (``analysis.runner.prepare_image``). Every N optimizer steps the callback encodes them with
-the current projector (``AnalysisModel.encode``), scores them with analyze's accumulator and
-default options, and logs ``align_eval/*`` numbers: into the trainer's ``log_history``
+the current projector (``AnalysisModel.encode``), scores them with analyze's alignment accumulator
+and default options, and logs ``align_eval/*`` numbers: into the trainer's ``log_history``
 (hence ``trainer_state.json``) and, when ``--report_to`` includes wandb, onto the wandb run at
 ``train/global_step``, with the first image's region map (``figures.plot_region_maps``).
 Each evaluation's seconds are logged too (``align_eval/seconds``), so its cost is visible.
@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from patch_align.analysis.alignment import AlignmentAccumulator
 from patch_align.analysis.runner import (
     AnalysisAccumulator,
     AnalysisModel,
@@ -90,31 +91,35 @@ def prepare_subset(
 
 
 def evaluate_alignment(
-    analysis: AnalysisModel, subset: list[PreparedImage]
-) -> tuple[dict[str, Any], ImageExample]:
-    """Score the subset with the model's current projector as ``run_analysis`` does (its accumulator,
-    analyze's default options): the ``alignment`` section of metrics.json, and the first image's maps.
+    analysis: AnalysisModel, subset: list[PreparedImage], with_example: bool = False
+) -> tuple[dict[str, Any], ImageExample | None]:
+    """Score the subset with the model's current projector as ``run_analysis`` scores alignment
+    (``AlignmentAccumulator.update`` under analyze's default options): the ``alignment`` section of
+    metrics.json, and with ``with_example`` the first image's maps (``AnalysisAccumulator.example``).
 
-    The accumulator's word dictionary is the subset's label tokens only: alignment does not use it,
-    and the full vocabulary would cost a pursuit over every word at each evaluation.
+    Only alignment is computed: the pursuit and probes of a full analysis cost several training steps.
+    The example's accumulator has the subset's label tokens as its word dictionary (its patch words
+    are not drawn in the region map).
     """
-    token_ids = torch.tensor(sorted({i for p in subset for ids in p.label_token_ids for i in ids}))
-    embedding = analysis.model.get_input_embeddings()
-    with torch.no_grad():
-        dictionary = embedding(token_ids.to(embedding.weight.device)).float()
-    texts = [text.strip() for text in analysis.tokenizer.batch_decode([[i] for i in token_ids.tolist()])]
-    accumulator = AnalysisAccumulator(dictionary, token_ids, texts, AnalysisOptions())
+    options = AnalysisOptions()
+    alignment = AlignmentAccumulator(**options.alignment_options())
     offset = vision_token_offset(analysis.grid.select_feature)
     _, projected = analysis.encode(torch.stack([p.pixels for p in subset]))
     example = None
-    for prepared, tokens in zip(subset, projected, strict=True):
+    for number, (prepared, tokens) in enumerate(zip(subset, projected, strict=True)):
         patch_tokens = tokens[offset:]
-        embeddings = analysis.label_embeddings(prepared.label_token_ids)
-        accumulator.add_image(patch_tokens, embeddings, prepared.masks, prepared.label_token_ids)
-        if example is None:
+        embeddings = analysis.label_embeddings(prepared.label_token_ids).to(patch_tokens.device)
+        alignment.update(patch_tokens, embeddings, prepared.masks.to(patch_tokens.device))
+        if with_example and number == 0:
+            token_ids = torch.tensor(sorted({i for ids in prepared.label_token_ids for i in ids}))
+            embedding = analysis.model.get_input_embeddings()
+            with torch.no_grad():
+                dictionary = embedding(token_ids.to(embedding.weight.device)).float()
+            texts = analysis.tokenizer.batch_decode([[i] for i in token_ids.tolist()])
+            words = AnalysisAccumulator(dictionary, token_ids, texts, options)
             shape, size = analysis.grid.grid_shape, analysis.grid.patch_size
-            example = accumulator.example(prepared, patch_tokens, embeddings, shape, size)
-    return accumulator.alignment.result(), example
+            example = words.example(prepared, patch_tokens, embeddings, shape, size)
+    return alignment.result(), example
 
 
 class AlignEvalCallback(TrainerCallback):
@@ -129,7 +134,8 @@ class AlignEvalCallback(TrainerCallback):
         if state.global_step % self.steps:
             return
         started = time.perf_counter()
-        result, example = evaluate_alignment(self.analysis, self.subset)
+        to_wandb = "wandb" in (args.report_to or []) and state.is_world_process_zero
+        result, example = evaluate_alignment(self.analysis, self.subset, with_example=to_wandb)
         seconds = time.perf_counter() - started
         if not state.is_world_process_zero:
             return
@@ -144,7 +150,7 @@ class AlignEvalCallback(TrainerCallback):
             logs[f"{LOG_PREFIX}mean_cos_outside"] = result["mean_cos_outside"]
         state.log_history.append({**logs, "step": state.global_step})
         logger.info("step %d: %s", state.global_step, logs)
-        if "wandb" in (args.report_to or []):
+        if to_wandb:
             self._log_to_wandb(args, state, logs, example)
 
     def _log_to_wandb(self, args, state, logs: dict[str, float], example: ImageExample) -> None:
