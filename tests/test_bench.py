@@ -131,6 +131,7 @@ def test_bench_train_data_has_four_pad_regions_per_image_at_the_tower_size(tiny_
         (["--dtype", "int8"], "--dtype 'int8'"),
         (["--shape", "7b", "--llm-layers", "40"], r"--llm-layers must be in \[1, 32\]"),
         (["--deepspeed", "missing.json"], "--deepspeed missing.json: no such file"),
+        (["--deepspeed", "scripts/zero2.json"], "--deepspeed times one method in one round per process"),
         (["--clock", "cpu"], r"--clock 'cpu': choose one of \('wall', 'process'\)"),
     ],
 )
@@ -224,3 +225,26 @@ def test_step_time_script_reports_the_benchmarks_ratio(tmp_path):
     last_line = done.stdout.splitlines()[-1]  # libraries log to stdout before it
     assert re.fullmatch(r"batch 4, 3 steps each: caption-only [\d.]+ ms \(batch fetch [\d.]+ ms\), "
                         r"patch-aligned [\d.]+ ms \(batch fetch [\d.]+ ms\), ratio [\d.]+", last_line)
+
+
+@pytest.mark.slow  # a subprocess that starts DeepSpeed: ~30 s on 2 CPU cores
+def test_bench_train_with_deepspeed_times_one_method_through_the_engine(tmp_path):
+    """One process, ZeRO-2 on CPU: the environment a `deepspeed`/`torchrun` launch would set."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    out = tmp_path / "ds.json"
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": "29533", "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "patch_align.cli", "bench", "train", "--work", str(tmp_path / "work"),
+            "--device", "cpu", "--steps", "2", "--rounds", "1", "--warmup", "1", "--methods", "patch_cosine",
+            "--deepspeed", str(root / "scripts" / "zero2.json"), "--out", str(out)]
+    done = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["settings"]["deepspeed"].endswith("zero2.json")
+    assert [m["method"] for m in result["methods"]] == ["patch_cosine"]
+    assert result["methods"][0]["step"]["count"] == 2

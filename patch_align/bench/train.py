@@ -80,6 +80,10 @@ class TrainBenchOptions:
             raise ValueError("--device cuda: no CUDA device is available")
         if self.deepspeed is not None and not Path(self.deepspeed).is_file():
             raise ValueError(f"--deepspeed {self.deepspeed}: no such file")
+        if self.deepspeed is not None and (len(self.methods) != 1 or self.rounds != 1):
+            raise ValueError("--deepspeed times one method in one round per process (accelerate allows one "
+                             "DeepSpeed Accelerator per process, and one train() on its engine): give one "
+                             "--methods value and --rounds 1, and run once per method")
         if self.caption_tokens < 1:
             raise ValueError(f"--caption-tokens must be at least 1, got {self.caption_tokens}")
 
@@ -226,6 +230,16 @@ def _method_trainer(method: str, ctx, folders, clock: StepClock):
     )
 
 
+def plugin_flags(method: str, folders) -> list[str]:
+    """The plugin's flags that make `method`'s run (none for caption-only)."""
+    if method == "patch_cosine":
+        return ["--align_objective", "patch_cosine", "--pad_path", str(folders.pad),
+                "--patch_beta_schedule", "constant"]
+    if method == "sea":
+        return ["--align_objective", "sea", "--sea_labels", str(folders.sea_labels)]
+    return []
+
+
 def batch_fetch_times(trainer, batches: int, clock_kind: str = "wall") -> Spread:
     """Seconds to fetch each of `batches` batches from `trainer`'s dataloader: the share of a step
     that `--dataloader-workers` moves off the training process (and the dataset's caches save)."""
@@ -251,9 +265,19 @@ def run_train_bench(options: TrainBenchOptions) -> TrainBenchResult:
     samples = options.batch_size * (options.warmup + options.steps_per_round)
     folders = build_bench_folders(options.work, options.shape, samples, options.seed, options.caption_tokens)
     output_dir = tempfile.mkdtemp(prefix="bench-train-")
-    _, ctx = build_trainer(None, training_argv(options, folders, output_dir), options.attn_implementation)
+    argv = training_argv(options, folders, output_dir)
     step_clock = StepClock(device, options.clock)
-    trainers = {method: _method_trainer(method, ctx, folders, step_clock) for method in options.methods}
+    if options.deepspeed:  # one method (see check): the trainer build_trainer makes for it
+        from patch_align.recipe import PatchAlignRecipe
+
+        method = options.methods[0]
+        recipe = None if method == "caption" else PatchAlignRecipe()
+        trainer, _ = build_trainer(recipe, argv + plugin_flags(method, folders), options.attn_implementation)
+        trainer.add_callback(step_clock)
+        trainers = {method: trainer}
+    else:
+        _, ctx = build_trainer(None, argv, options.attn_implementation)
+        trainers = {method: _method_trainer(method, ctx, folders, step_clock) for method in options.methods}
     for trainer in trainers.values():
         trainer.remove_callback(PrinterCallback)  # the result is the output, not every step's logs
 
