@@ -213,6 +213,7 @@ def test_bench_pad_refuses_unknown_models_before_building_any(tmp_path, capsys):
     assert not (tmp_path / "work").exists()
 
 
+@pytest.mark.slow  # a subprocess that builds the tiny setup and trains two methods: ~25 s
 def test_step_time_script_reports_the_benchmarks_ratio(tmp_path):
     import subprocess
     import sys
