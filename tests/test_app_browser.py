@@ -127,7 +127,7 @@ def test_upload_ask_heatmap_and_click_a_patch_in_chromium(app_url, browser, gold
     browser.find_element(By.CSS_SELECTOR, "#show").click()
     _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#heatmap0 img")
           and d.find_elements(By.CSS_SELECTOR, "#heatmap1 img"))
-    assert "'box': llava-v1.5-tiny: cosine" in _text(browser, "#status")
+    assert "'box': upstream_golden/llava-v1.5-tiny: cosine" in _text(browser, "#status")
 
     patches = browser.find_element(By.CSS_SELECTOR, "#patches0 img")
     width, height = patches.size["width"], patches.size["height"]

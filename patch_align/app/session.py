@@ -112,9 +112,10 @@ class CheckpointSession:
     ) -> CheckpointSession:
         """Load ``model_path`` (with ``model_base`` for a projector-only folder); the template is
         upstream's rule on the folder name unless ``conv_mode`` names one."""
-        name = get_model_name_from_path(str(model_path))
-        mode = choose_conv_mode(name, conv_mode)
+        mode = choose_conv_mode(get_model_name_from_path(str(model_path)), conv_mode)
         analysis = load_analysis_model(model_path, model_base, device=device)
+        # the folder and its parent: demo checkpoints are all called stage2
+        name = "/".join(Path(model_path).parts[-2:])
         return cls(analysis, name, mode, pad=pad, image_folder=image_folder)
 
     # -- images and patch views -------------------------------------------------------------
