@@ -204,21 +204,19 @@ def resolve_device(name: str) -> torch.device:
 
 def _method_trainer(method: str, ctx, folders, clock: StepClock):
     """The trainer `method`'s recipe builds on the shared model (as `build_trainer` does)."""
+    from transformers import HfArgumentParser
+
     from llava.train.recipe import TrainRecipe
-    from patch_align.recipe import PatchAlignArguments, PatchAlignRecipe
+    from patch_align.recipe import PatchAlignRecipe
 
     if method == "caption":
         recipe, method_ctx = TrainRecipe(), ctx
     else:
-        plugin = (PatchAlignArguments(align_objective="patch_cosine", pad_path=str(folders.pad),
-                                      patch_beta_schedule="constant")
-                  if method == "patch_cosine"
-                  else PatchAlignArguments(align_objective="sea", sea_labels=str(folders.sea_labels)))
         recipe = PatchAlignRecipe()
-        # the recipe's other flag groups at their defaults (flags this benchmark does not set)
-        extra = {group.__name__: group() for group in recipe.extra_arguments
-                 if group is not PatchAlignArguments}
-        method_ctx = replace(ctx, extra_args={**extra, PatchAlignArguments.__name__: plugin})
+        # the plugin's flag groups parsed from the method's flags, as build_trainer parses them
+        parsed = HfArgumentParser(recipe.extra_arguments).parse_args_into_dataclasses(
+            args=plugin_flags(method, folders))
+        method_ctx = replace(ctx, extra_args={type(group).__name__: group for group in parsed})
     return recipe.trainer_class(
         model=ctx.model,
         processing_class=ctx.tokenizer,
