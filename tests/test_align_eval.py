@@ -4,12 +4,12 @@ logged Align mIoU / pointing equal `patch-align analyze` on the same projector a
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import pytest
 
 from patch_align.align_eval import AlignEvalArguments
+from tests.wandb_files import complete_run, wandb_history
 
 FIXTURES = Path(__file__).parent / "data" / "upstream_golden" / "fixtures-437"
 
@@ -33,54 +33,18 @@ def test_off_by_default():
     assert AlignEvalArguments().align_eval_pad is None
 
 
-def _offline_run(wandb_dir: Path) -> Path:
-    [run] = list((wandb_dir / "wandb").glob("offline-run-*"))
-    return run
-
-
-def _wandb_records(path: Path):
-    """The protobuf payloads of a .wandb file: wandb's LevelDB-style log (a 7-byte ':W&B' header, then
-    32 KiB blocks of records, each with a 7-byte header: crc, length, type FULL/FIRST/MIDDLE/LAST)."""
-    data = path.read_bytes()
-    assert data[:4] == b":W&B", f"{path} is not a wandb data file"
-    block, position, pending = 32768, 7, b""
-    while position + 7 <= len(data):
-        if block - position % block < 7:  # a block's tail too short for a header is padding
-            position += block - position % block
-            continue
-        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
-        payload = data[position + 7 : position + 7 + length]
-        position += 7 + length
-        if kind == 0:  # zero padding at the end of the file
-            break
-        pending += payload
-        if kind in (1, 4):  # FULL or LAST: a whole record
-            yield pending
-            pending = b""
-
-
-def _wandb_history(run: Path):
-    """The history rows (key -> value) that an offline run logged, read from its .wandb file."""
-    from wandb.proto import wandb_internal_pb2
-
-    [path] = list(run.glob("run-*.wandb"))
-    for payload in _wandb_records(path):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(payload)
-        if record.WhichOneof("record_type") == "history":
-            items = record.history.item
-            yield {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items}
-
-
 @pytest.mark.slow
 def test_logged_alignment_equals_analyze_on_the_same_projector_and_subset(tmp_path, monkeypatch):
+    import wandb
+
     from patch_align.cli import main as patch_align_main
     from patch_align.train import main as train_main
     from tests.test_patch_trainer import stage1_argv
 
     monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_PROJECT", "align-eval-test")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    wandb.teardown()  # wandb reads its environment once per process: an earlier test's setup would win
     out = tmp_path / "run"
     train_main(
         stage1_argv(
@@ -88,17 +52,16 @@ def test_logged_alignment_equals_analyze_on_the_same_projector_and_subset(tmp_pa
             align_eval_steps=2, align_eval_images=3,
         )
     )
-    import wandb
-
-    wandb.finish()  # what the end of a training process does; the run's files are complete after it
+    run = Path(wandb.run.dir).parent
+    wandb.finish()  # what the end of a training process does
+    run = complete_run(run)
     state = json.loads((out / "trainer_state.json").read_text())
     logged = [entry for entry in state["log_history"] if "align_eval/miou" in entry]
     assert [entry["step"] for entry in logged] == [2, 4]
     assert all(entry["align_eval/regions"] > 0 and entry["align_eval/seconds"] > 0 for entry in logged)
     assert (out / "align_eval" / "region_map_step4.png").is_file()
 
-    run = _offline_run(tmp_path)
-    rows = [row for row in _wandb_history(run) if "align_eval/miou" in row]
+    rows = [row for row in wandb_history(run) if "align_eval/miou" in row]
     assert [row["train/global_step"] for row in rows] == [2, 4]
     for row, entry in zip(rows, logged, strict=True):
         for key in ("align_eval/miou", "align_eval/pointing_accuracy", "align_eval/mean_cos_inside"):

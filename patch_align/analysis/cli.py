@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from patch_align.cli import CommandError, output_folder, set_command
+from patch_align.wandb_report import REPORT_TO, check_wandb_available, flat_numbers, report_to_wandb
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
@@ -99,6 +100,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="a bad PAD record/region: stop (error) or skip and count it (default %(default)s)",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--report-to", choices=REPORT_TO, default="none",
+        help="also log metrics, figures and a metrics table to a wandb run under OUT (default none)",
+    )
     masks = analyze.add_argument_group("region masks (as in training)")
     masks.add_argument(
         "--patch-mask-threshold",
@@ -238,6 +243,7 @@ def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         parser.error(str(err))
     out = output_folder(args.out)
     try:
+        check_wandb_available(args.report_to)
         check_analysis_inputs(args.pad, args.image_folder)
         model = load_analysis_model(args.model_path, args.model_base, args.projector, args.device)
         result = run_analysis(model, args.pad, args.image_folder, options, progress=not args.no_progress)
@@ -255,6 +261,11 @@ def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     result.metrics["figures"] = figure_files
     (out / METRICS_FILE).write_text(json.dumps(result.metrics, indent=2, allow_nan=False) + "\n")
     (out / REPORT_FILE).write_text(format_report(result.metrics))
+    if args.report_to == "wandb":
+        numbers = flat_numbers({k: v for k, v in result.metrics.items() if k != "run"})
+        rows = [[*key.partition("/")[::2], value] for key, value in numbers.items()]
+        report_to_wandb(out, "analyze", numbers, [out / name for name in figure_files],
+                        {"metrics": (["section", "metric", "value"], rows)}, result.metrics["run"])
     print(
         f"{out / METRICS_FILE}: mIoU {result.metrics['alignment']['miou']:.4f}, "
         f"ΔH {result.metrics['compression']['delta_h']:.4f} nats; report {out / REPORT_FILE}"

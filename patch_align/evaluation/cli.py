@@ -14,6 +14,7 @@ import argparse
 import logging
 
 from patch_align.cli import CommandError, output_folder, set_command
+from patch_align.wandb_report import REPORT_TO, check_wandb_available, flat_numbers, report_to_wandb
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -42,6 +43,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="first N questions of each task")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding images")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--report-to", choices=REPORT_TO, default="none",
+                        help="also log scores, results.png and a score table to a wandb run under OUT")
     set_command(parser, run)
 
 
@@ -54,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
     from patch_align.evaluation.suite import SuiteError, load_suite
 
     out = output_folder(args.out)
+    try:
+        check_wandb_available(args.report_to)
+    except ValueError as error:
+        raise CommandError(error) from error
     try:
         results = run_suite(
             load_suite(args.suite),
@@ -70,5 +77,15 @@ def run(args: argparse.Namespace) -> int:
     except SuiteError as error:
         raise CommandError(error) from error
     paths = write_results(results, args.out)
+    if args.report_to == "wandb":
+        rows = [
+            [name, task, metric, value]
+            for name, checkpoint in results["checkpoints"].items()
+            for task, result in checkpoint["tasks"].items()
+            for metric, value in flat_numbers(result.get("metrics", {})).items()
+        ]
+        scores = {f"{name}/{task}/{metric}": value for name, task, metric, value in rows}
+        table = {"scores": (["checkpoint", "task", "metric", "value"], rows)}
+        report_to_wandb(out, "eval", scores, [paths["figure"]], table, {"suite": results["suite"]})
     print(f"wrote {paths['markdown']}, {paths['json']} and {paths['figure']}")
     return 0
