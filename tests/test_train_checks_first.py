@@ -57,3 +57,37 @@ def test_a_missing_image_folder_is_an_error_naming_it(nothing_loads, tmp_path):
 def test_an_unknown_template_is_refused_before_anything_loads(nothing_loads):
     with pytest.raises(ValueError, match="--version .vicuna_v7. is not a known conversation template"):
         nothing_loads(argv=argv(FIXTURES / "pretrain.json", version="vicuna_v7"))
+
+
+def test_a_hub_id_llm_offline_is_an_error_naming_it_before_anything_loads(nothing_loads, tmp_path,
+                                                                         monkeypatch):
+    from llava.paths import HubModelError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    flags = argv(FIXTURES / "pretrain.json")
+    flags[flags.index("--model_name_or_path") + 1] = "lmsys/vicuna-7b-v1.5"
+    message = "--model_name_or_path lmsys/vicuna-7b-v1.5 is not a local folder"
+    with pytest.raises(HubModelError, match=message):
+        nothing_loads(argv=flags)
+
+
+def test_a_relative_llm_folder_reaches_the_loader_absolute(tmp_path, monkeypatch):
+    """What a checkpoint records of its base (_name_or_path, a LoRA's base) must not depend on the folder."""
+    import os
+
+    import llava.train.train as train
+
+    seen = []
+
+    def record(model_args, training_args):
+        seen.append(model_args.model_name_or_path)
+        raise RuntimeError("stop after the first load")
+
+    monkeypatch.setattr(train, "load_tokenizer", record)
+    monkeypatch.chdir(FIXTURES)
+    flags = argv(FIXTURES / "pretrain.json")
+    flags[flags.index("--model_name_or_path") + 1] = "llm"
+    with pytest.raises(RuntimeError, match="stop after the first load"):
+        train.build_trainer(argv=flags + ["--output_dir", str(tmp_path / "out")])
+    assert seen == [os.path.join(str(FIXTURES), "llm")]

@@ -25,6 +25,7 @@ from llava.model import LlavaLlamaForCausalLM
 from llava.model.builder import resolve_attn_implementation
 from llava.model.checkpoints import NON_LORA_FILE, atomic_torch_save, cpu_copies
 from llava.model.multimodal_encoder.builder import build_vision_tower
+from llava.paths import absolute_if_local, resolve_model_path
 from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments
 from llava.train.data import conversation_template
 from llava.train.llava_json import load_llava_json
@@ -97,16 +98,6 @@ def load_language_model(model_args, training_args, attn_implementation: str | No
     attn = resolve_attn_implementation(attn_implementation)
     if attn:
         kwargs["attn_implementation"] = attn
-    if training_args.bits in (4, 8):
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=training_args.bits == 4,
-            load_in_8bit=training_args.bits == 8,
-            bnb_4bit_compute_dtype=compute_dtype(training_args),
-            bnb_4bit_use_double_quant=training_args.double_quant,
-            bnb_4bit_quant_type=training_args.quant_type,
-        )
     if model_args.vision_tower is not None:
         model = LlavaLlamaForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
     else:
@@ -220,6 +211,10 @@ def build_trainer(
     set_seed(training_args.seed)  # before the projector is built: runs are reproducible
     check_data_inputs(data_args)
     conversation_template(model_args.version)  # fail (or warn) about --version before anything loads
+    # a hub id becomes its cached snapshot (or a clear offline error), a local folder an absolute path, so
+    # what the checkpoint records of its base (_name_or_path, the LoRA base) holds from any folder
+    model_args.model_name_or_path = absolute_if_local(
+        resolve_model_path(model_args.model_name_or_path, None, "--model_name_or_path"))
     init_deepspeed_comm(training_args)  # before zero.Init partitions the model in from_pretrained
     data_args.version = model_args.version
 
