@@ -72,10 +72,12 @@ def test_a_finetuned_checkpoint_from_relative_flags_loads_from_another_folder(wo
 
 
 def test_sea_labels_from_relative_paths_train_from_another_folder(workdir, monkeypatch):
+    from test_pad_generate_clip_owl import clip_tokenizer
+
     from patch_align.train import main as train_main
 
     shutil.copytree(workdir / "data" / "clip", workdir / "sea_clip")  # the tower, with a text tokenizer
-    _save_char_tokenizer(workdir / "sea_clip")
+    clip_tokenizer().save_pretrained(str(workdir / "sea_clip"))  # special ids last, as the tower pools
     assert main(["sea", "vocab", "--data", "data/pretrain.json", "--min-count", "1",
                  "--out", "vocab.txt"]) == 0
     assert main(["sea", "label", "--clip", "sea_clip", "--vocab", "vocab.txt", "--data", "data/pretrain.json",
@@ -88,22 +90,6 @@ def test_sea_labels_from_relative_paths_train_from_another_folder(workdir, monke
                 for k, v in STAGE1.items()}
     train_main(_flags(**relative, align_objective="sea", sea_labels="../labels", output_dir="out"))
     assert (workdir / "run" / "out" / "mm_projector.bin").is_file()
-
-
-def _save_char_tokenizer(clip_dir: Path) -> None:
-    """A character-level CLIP tokenizer in `clip_dir`; the special tokens take the highest ids because the
-    tiny text tower pools at the highest id (as in tests/test_sea_labeling.py)."""
-    import string
-
-    from transformers import CLIPTokenizer
-
-    vocab: dict[str, int] = {}
-    for char in string.ascii_lowercase + ".":
-        vocab[char] = len(vocab)
-        vocab[char + "</w>"] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(str(clip_dir))
 
 
 def test_pad_generate_with_relative_paths_merges_from_another_folder(workdir, monkeypatch):
