@@ -174,19 +174,11 @@ def make_align_eval_callbacks(ctx, args: AlignEvalArguments) -> list[AlignEvalCa
     from llava.train.llava_trainer import unwrap_peft
     from patch_align.data import PatchGrid
 
-    model = unwrap_peft(ctx.model)
-    tower = model.get_vision_tower()
-    if tower is None:
-        raise ValueError("--align_eval_pad needs --vision_tower")
+    grid = PatchGrid.of_training(ctx, "--align_eval_pad")
     if ctx.data_args.image_folder is None:
         raise ValueError("--align_eval_pad needs --image_folder (its images are relative to it)")
-    grid = PatchGrid.of_tower(
-        tower,
-        aspect_mode=ctx.data_args.image_aspect_ratio,
-        image_processor=ctx.data_args.image_processor,
-        select_feature=ctx.model_args.mm_vision_select_feature,
-    )
-    device = torch.device(tower.device)
+    model = unwrap_peft(ctx.model)
+    device = torch.device(model.get_vision_tower().device)
     analysis = AnalysisModel(tokenizer=ctx.tokenizer, model=model, grid=grid, device=device)
     subset = prepare_subset(analysis, args.align_eval_pad, ctx.data_args.image_folder, args.align_eval_images)
     return [AlignEvalCallback(analysis, subset, args.align_eval_steps)]

@@ -41,6 +41,7 @@ import torch
 from PIL import Image
 
 from llava.train.data import DataCollatorForSupervisedDataset, LazySupervisedDataset
+from llava.train.llava_trainer import unwrap_peft
 from patch_align.geometry import (
     coverage_to_patch_mask,
     mask_to_patch_coverage,
@@ -146,6 +147,20 @@ class PatchGrid:
                 f"{tower.num_patches_per_side}x{tower.num_patches_per_side}"
             )
         return grid
+
+    @classmethod
+    def of_training(cls, ctx: Any, needed_by: str) -> PatchGrid:
+        """The grid of a training run (a `TrainContext`): its tower, `--image_aspect_ratio` and
+        `--mm_vision_select_feature`; `ValueError` "`needed_by` needs --vision_tower" without a tower."""
+        tower = unwrap_peft(ctx.model).get_vision_tower()
+        if tower is None:
+            raise ValueError(f"{needed_by} needs --vision_tower")
+        return cls.of_tower(
+            tower,
+            aspect_mode=ctx.data_args.image_aspect_ratio,
+            image_processor=ctx.data_args.image_processor,
+            select_feature=ctx.model_args.mm_vision_select_feature,
+        )
 
 
 @dataclass(frozen=True, eq=False)

@@ -19,7 +19,6 @@ from typing import Any
 
 from llava.train.arguments import refuse_unsupported_values
 from llava.train.data import DataCollatorForSupervisedDataset
-from llava.train.llava_trainer import unwrap_peft
 from llava.train.recipe import TrainContext, TrainRecipe
 from patch_align.align_eval import AlignEvalArguments, AlignEvalCallback, make_align_eval_callbacks
 from patch_align.data import (
@@ -192,15 +191,7 @@ class PatchAlignRecipe(TrainRecipe):
                 "--remove_unused_columns True would drop the region and SEA tensors from every batch "
                 "before the loss sees them: patch-aligned training needs False (LLaVA's default)"
             )
-        tower = unwrap_peft(ctx.model).get_vision_tower()
-        if tower is None:
-            raise ValueError("patch-aligned training needs --vision_tower")
-        grid = PatchGrid.of_tower(
-            tower,
-            aspect_mode=ctx.data_args.image_aspect_ratio,
-            image_processor=ctx.data_args.image_processor,
-            select_feature=ctx.model_args.mm_vision_select_feature,
-        )
+        grid = PatchGrid.of_training(ctx, "patch-aligned training")
         dataset = PadAlignedDataset(
             ctx.data_args.data_path,
             ctx.tokenizer,
