@@ -74,7 +74,11 @@ class LlavaMetaModel:
         config.mm_vision_select_feature = model_args.mm_vision_select_feature
         config.mm_patch_merge_type = model_args.mm_patch_merge_type
         if self.get_vision_tower() is None:
-            tower = build_vision_tower(model_args)
+            # Outside the seeded random stream the projector is drawn from: under ZeRO-3 the tower's
+            # from_pretrained initialises its partitioned weights (random draws) before loading them,
+            # which would give a ZeRO-3 run another initial projector than any other run.
+            with torch.random.fork_rng(devices=[]):
+                tower = build_vision_tower(model_args)
             self.vision_tower = [tower] if fsdp else tower
         else:
             tower = self.get_vision_tower()

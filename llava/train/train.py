@@ -23,8 +23,7 @@ from transformers import AutoTokenizer, HfArgumentParser, Trainer, set_seed
 
 from llava.model import LlavaLlamaForCausalLM
 from llava.model.builder import resolve_attn_implementation
-from llava.model.checkpoints import NON_LORA_FILE, atomic_torch_save, cpu_copies
-from llava.model.multimodal_encoder.builder import build_vision_tower
+from llava.model.checkpoints import NON_LORA_FILE, atomic_torch_save, cpu_copies, make_adapter_config_portable
 from llava.paths import absolute_if_local, resolve_model_path
 from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments
 from llava.train.data import conversation_template
@@ -144,15 +143,7 @@ def apply_lora(model, training_args):
 def attach_vision(model, tokenizer, model_args, data_args, training_args) -> None:
     """Load the tower, build/load the projector, and record the multimodal settings in the config."""
     llava = unwrap_peft(model)
-    body = llava.get_model()
-    if body.get_vision_tower() is None:
-        # Loaded outside the seeded random stream the projector is drawn from: under ZeRO-3 the
-        # tower's from_pretrained initialises its partitioned weights (random draws) before loading
-        # them, which would give a ZeRO-3 run another initial projector than any other run.
-        with torch.random.fork_rng(devices=[]):
-            tower = build_vision_tower(model_args)
-        body.vision_tower = [tower] if training_args.fsdp else tower  # as initialize_vision_modules does
-    body.initialize_vision_modules(model_args=model_args, fsdp=training_args.fsdp)
+    llava.get_model().initialize_vision_modules(model_args=model_args, fsdp=training_args.fsdp)
     tower = llava.get_vision_tower()
     tower.vision_tower.to(dtype=compute_dtype(training_args), device=training_args.device)
     data_args.image_processor = tower.image_processor
@@ -187,8 +178,6 @@ def save_trained_model(trainer, model, training_args) -> None:
             (n, p) for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n
         )
         if training_args.should_save:
-            from llava.model.checkpoints import make_adapter_config_portable
-
             unwrap_peft(model).config.save_pretrained(out)
             model.save_pretrained(out)
             make_adapter_config_portable(out)  # upstream LLaVA's peft 0.10 must read it (as in checkpoint-N)
@@ -210,7 +199,7 @@ def build_trainer(
     )
     set_seed(training_args.seed)  # before the projector is built: runs are reproducible
     check_data_inputs(data_args)
-    conversation_template(model_args.version)  # fail (or warn) about --version before anything loads
+    conversation_template(model_args.version)  # an unknown --version fails before anything loads
     # a hub id becomes its cached snapshot (or a clear offline error), a local folder an absolute path, so
     # what the checkpoint records of its base (_name_or_path, the LoRA base) holds from any folder
     model_args.model_name_or_path = absolute_if_local(
