@@ -34,6 +34,9 @@ def test_perfect_alignment_gives_miou_and_pointing_one():
         "pointing_accuracy": 1.0,
         "mean_cos_inside": 1.0,
         "mean_cos_outside": 0.0,
+        # exact means over all 3^4 label assignments (see the chance tests below)
+        "chance_miou": pytest.approx(2 / 9, abs=1e-12),
+        "chance_pointing_accuracy": pytest.approx(1 / 3, abs=1e-12),
         "images": 1,
         "regions_scored": 3,
         "regions_skipped_empty_mask": 0,
@@ -135,3 +138,59 @@ def test_bad_inputs_raise_clear_errors():
         AlignmentAccumulator(assign="threshold", background_threshold=0.1)
     with pytest.raises(ValueError, match="no region was scored"):
         score(ALIGNED_PATCHES, WORDS, torch.zeros(3, 4, dtype=torch.bool))
+
+
+# Chance lines (issue 20): the score of a uniformly random argmax label per patch.
+
+
+def test_chance_iou_of_a_two_label_image_is_its_exact_expectation():
+    # N = 2 patches, region 'a' owns patch 0; patches pick 'a' or 'b' with 1/2 each:
+    # (a, a) → IoU 1/2, (a, b) → 1, (b, ·) → 0: mean 3/8. Its argmax patch hits with 1/2.
+    from patch_align.analysis.alignment import chance_region_scores
+
+    iou, pointing = chance_region_scores(torch.tensor([[True, False]]), n_labels=2)
+    assert iou.tolist() == pytest.approx([0.375], abs=1e-12)
+    assert pointing.tolist() == [0.5]
+
+
+def test_chance_iou_equals_the_mean_over_every_label_assignment():
+    import itertools
+
+    from patch_align.analysis.alignment import chance_region_scores
+
+    expected = torch.zeros(3, dtype=torch.float64)
+    assignments = list(itertools.product(range(3), repeat=4))
+    for labels in assignments:
+        predicted = torch.tensor(labels).unsqueeze(0) == torch.arange(3).unsqueeze(1)
+        expected += (predicted & MASKS).sum(-1).double() / (predicted | MASKS).sum(-1).double()
+    iou, pointing = chance_region_scores(MASKS)
+    assert iou.tolist() == pytest.approx((expected / len(assignments)).tolist(), abs=1e-12)
+    assert pointing.tolist() == [0.5, 0.25, 0.25]
+
+
+def test_chance_iou_of_a_single_label_image_is_its_area_fraction():
+    from patch_align.analysis.alignment import chance_region_scores
+
+    iou, _ = chance_region_scores(torch.tensor([[True, True, True, False]]))
+    assert iou.tolist() == [0.75]
+
+
+def test_accumulator_reports_chance_lines_beside_miou_and_none_for_threshold():
+    from patch_align.analysis.alignment import chance_region_scores
+
+    result = score(ALIGNED_PATCHES, WORDS, MASKS)
+    iou, _ = chance_region_scores(MASKS)
+    assert result["chance_miou"] == pytest.approx(float(iou.mean()))
+    assert result["chance_pointing_accuracy"] == pytest.approx(1.0 / 3.0)
+    assert result["miou"] == 1.0 > result["chance_miou"]
+    assert score(ALIGNED_PATCHES, WORDS, MASKS, assign="threshold")["chance_miou"] is None
+
+
+def test_an_empty_mask_is_not_scored_but_its_label_still_competes_in_the_chance_line():
+    from patch_align.analysis.alignment import chance_region_scores
+
+    masks = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    result = score(torch.eye(2)[[0, 0, 1, 1]], torch.eye(2), masks)
+    iou, _ = chance_region_scores(masks[:1], n_labels=2)
+    assert result["regions_scored"] == 1
+    assert result["chance_miou"] == pytest.approx(float(iou[0]))

@@ -8,6 +8,7 @@ pointing and mean cosine inside/outside. Exact definitions: docs/metrics.md.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,6 +17,7 @@ import torch
 __all__ = [
     "AlignmentAccumulator",
     "ImageAlignment",
+    "chance_region_scores",
     "cosine_maps",
     "image_alignment",
     "mask_iou",
@@ -100,6 +102,51 @@ def mask_iou(predicted: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
     intersection = (predicted & true).sum(dim=-1)
     union = (predicted | true).sum(dim=-1)
     return intersection.float() / union.float()
+
+
+def chance_region_scores(
+    true_masks: torch.Tensor, n_labels: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Expected IoU and pointing hit rate of each region when the cosine maps carry no information.
+
+    The chance model (ours, exact, no sampling): under ``assign="argmax"`` without background,
+    every patch takes one of the image's ``R`` labels uniformly at random and independently, so a
+    region with ``t`` true patches out of ``N`` gets ``X ~ Bin(t, 1/R)`` of them and
+    ``Y ~ Bin(N - t, 1/R)`` others; ``E[IoU] = E[X] · E[1 / (t + Y)]`` (X and Y independent)
+    ``= (t/R) · Σ_y Bin(y; N - t, 1/R) / (t + y)``. The argmax patch of an uninformative map is a
+    uniform patch, so ``E[pointing] = t / N``.
+
+    Args:
+        true_masks: (R_scored, N) bool true patch masks, each non-empty.
+        n_labels: R, the number of labels competing in the argmax (the image's labels, including
+            those with empty masks); default ``R_scored``.
+
+    Returns:
+        (R_scored,) float64 expected IoU and (R_scored,) float64 expected pointing hit rate.
+    """
+    if true_masks.dim() != 2:
+        raise ValueError(f"true_masks must have shape (R, N), got {tuple(true_masks.shape)}")
+    labels = true_masks.shape[0] if n_labels is None else n_labels
+    if labels < max(true_masks.shape[0], 1):
+        raise ValueError(f"n_labels must be >= 1 and >= the {true_masks.shape[0]} masks given, got {labels}")
+    n = true_masks.shape[1]
+    inside = true_masks.sum(dim=-1).to(torch.float64).cpu()
+    if (inside == 0).any():
+        raise ValueError("chance_region_scores needs non-empty true masks (skip empty regions first)")
+    pointing = inside / n
+    if labels == 1:  # every patch goes to the one label: IoU = t / N exactly
+        return pointing.clone(), pointing
+    p = 1.0 / labels
+    expected = []
+    for t in inside.tolist():
+        others = n - int(t)
+        y = torch.arange(others + 1, dtype=torch.float64)
+        log_pmf = (
+            math.lgamma(others + 1) - torch.lgamma(y + 1) - torch.lgamma(others - y + 1)
+            + y * math.log(p) + (others - y) * math.log1p(-p)
+        )
+        expected.append(float(t * p * (log_pmf.exp() / (t + y)).sum()))
+    return torch.tensor(expected, dtype=torch.float64), pointing
 
 
 @dataclass(frozen=True)
@@ -201,6 +248,8 @@ class AlignmentAccumulator:
         self._pointing_hits = 0
         self._inside_sum = 0.0
         self._outside_sum = 0.0
+        self._chance_iou_sum = 0.0
+        self._chance_pointing_sum = 0.0
 
     def update(
         self, patch_tokens: torch.Tensor, word_embeddings: torch.Tensor, true_masks: torch.Tensor
@@ -216,11 +265,19 @@ class AlignmentAccumulator:
         self._pointing_hits += int(result.pointing_hit.sum())
         self._inside_sum += float(result.cos_inside.double().sum())
         self._outside_sum += float(result.cos_outside[has_outside].double().sum())
+        if result.region_index.numel():
+            scored = true_masks.to(torch.bool)[result.region_index.to(true_masks.device)]
+            chance_iou, chance_pointing = chance_region_scores(scored, n_labels=true_masks.shape[0])
+            self._chance_iou_sum += float(chance_iou.sum())
+            self._chance_pointing_sum += float(chance_pointing.sum())
 
     def result(self) -> dict[str, float | int | None]:
-        """mIoU, pointing accuracy, mean inside/outside cosine and the counts behind them.
+        """mIoU, pointing accuracy, mean inside/outside cosine, their chance lines and the counts behind them.
 
         ``mean_cos_outside`` is None when no scored region had any patch outside its mask.
+        ``chance_miou`` (the argmax chance model of ``chance_region_scores``) is None under
+        ``assign="threshold"``, whose predicted sizes have no such model; ``chance_pointing_accuracy``
+        holds for every rule.
         """
         if self.regions_scored == 0:
             raise ValueError(
@@ -233,6 +290,10 @@ class AlignmentAccumulator:
             "pointing_accuracy": self._pointing_hits / self.regions_scored,
             "mean_cos_inside": self._inside_sum / self.regions_scored,
             "mean_cos_outside": self._outside_sum / with_outside if with_outside else None,
+            "chance_miou": (
+                self._chance_iou_sum / self.regions_scored if self._options["assign"] == "argmax" else None
+            ),
+            "chance_pointing_accuracy": self._chance_pointing_sum / self.regions_scored,
             "images": self.images,
             "regions_scored": self.regions_scored,
             "regions_skipped_empty_mask": self.regions_skipped_empty_mask,
