@@ -10,14 +10,19 @@ one line. Units are nats (natural log). Definitions and defaults: docs/metrics.m
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 __all__ = [
     "SecondMomentAccumulator",
+    "TokenSetEntropy",
     "compression_report",
     "density_matrix",
+    "entropy_ceiling",
     "matrix_entropy",
+    "pooled_entropies",
+    "set_entropies",
     "spectrum_entropy",
 ]
 
@@ -158,16 +163,129 @@ class SecondMomentAccumulator:
         self._token_sum.add_(x.sum(dim=0))
         self.count += x.shape[0]
 
-    def density_matrix(self) -> torch.Tensor:
-        """(D, D) float64 unit-trace density matrix of everything seen so far."""
+    def density_matrix(self, center: bool | None = None) -> torch.Tensor:
+        """(D, D) float64 unit-trace density matrix of everything seen so far.
+
+        ``center`` overrides the accumulator's own setting (both come from the same sums)."""
         if self._moment_sum is None:
             raise ValueError("no tokens were accumulated: the entropy of no tokens is undefined")
-        return density_matrix(self._moment_sum, self._token_sum, self.count, center=self.center)
+        center = self.center if center is None else center
+        return density_matrix(self._moment_sum, self._token_sum, self.count, center=center)
 
-    def entropy(self, order: float = 1.0) -> float:
-        """Entropy (nats) of all tokens seen so far; Rényi order ``order`` (1 = von Neumann)."""
+    def entropy(self, order: float = 1.0, center: bool | None = None) -> float:
+        """Entropy (nats) of all tokens seen so far; Rényi order ``order`` (1 = von Neumann).
+
+        ``center`` overrides the accumulator's own setting."""
         _check_order(order)
-        return float(_entropy_of_density(self.density_matrix(), order))
+        return float(_entropy_of_density(self.density_matrix(center), order))
+
+
+def entropy_ceiling(n_tokens: int, dim: int) -> float:
+    """``log min(N, D)``: the largest matrix entropy N tokens in D dimensions can reach (nats).
+
+    Dividing by it puts token sets of different sizes and widths (a 64-wide CLIP, a 128-wide
+    LLM, a 7-token caption) on one 0..1 scale. Undefined (ValueError) when min(N, D) < 2."""
+    if min(n_tokens, dim) < 2:
+        raise ValueError(f"log min(N, D) is 0 for N={n_tokens}, D={dim}: no normalised entropy")
+    return math.log(min(n_tokens, dim))
+
+
+def pooled_entropies(accumulator: SecondMomentAccumulator, order: float = 1.0) -> dict[str, Any]:
+    """One density matrix over every token of ``accumulator``: uncentred and centred entropies (nats),
+    each also divided by ``entropy_ceiling(N, D)``; with ``tokens`` N and ``dim`` D.
+
+    A variant that is undefined (zero covariance; min(N, D) < 2) is None."""
+    values: dict[str, Any] = {"tokens": accumulator.count, "dim": accumulator.dim}
+    smallest = min(accumulator.count, accumulator.dim)
+    ceiling = math.log(smallest) if smallest > 1 else None
+    for name, center in (("uncentred", False), ("centred", True)):
+        try:
+            value = accumulator.entropy(order, center=center)
+        except ValueError:  # all tokens identical: the covariance has zero trace
+            value = None
+        if center and value is not None and _centred_trace_is_noise(accumulator):
+            value = None
+        values[name] = value
+        values[f"{name}_normalized"] = value / ceiling if value is not None and ceiling else None
+    return values
+
+
+# A centred trace below this fraction of the uncentred one is rounding noise of identical tokens.
+_ZERO_TRACE = 1e-12
+
+
+def _centred_trace_is_noise(accumulator: SecondMomentAccumulator) -> bool:
+    moment_trace = float(accumulator._moment_sum.diagonal().sum()) / accumulator.count
+    mean = accumulator._token_sum / accumulator.count
+    return moment_trace - float(mean @ mean) <= _ZERO_TRACE * moment_trace
+
+
+def _set_entropy(x: torch.Tensor, order: float, scale: float) -> float | None:
+    # The nonzero spectrum of XᵀX (D×D) is that of XXᵀ (N×N): use the smaller matrix.
+    gram = x @ x.T if x.shape[0] <= x.shape[1] else x.T @ x
+    trace = float(gram.diagonal().sum())
+    if trace <= _ZERO_TRACE * scale:
+        return None
+    return float(_entropy_of_density(gram / trace, order))
+
+
+def set_entropies(
+    tokens: torch.Tensor, *, normalize: bool = True, order: float = 1.0
+) -> tuple[float | None, float | None]:
+    """Uncentred and centred matrix entropy (nats) of one token set (N, D), the set its own density matrix.
+
+    Computed from the min(N, D)-sized Gram matrix; an entropy whose matrix has zero trace (all
+    tokens zero; centred: all tokens identical) is None."""
+    _check_order(order)
+    x = _prepare_tokens(tokens, normalize)
+    if x.dim() != 2:
+        raise ValueError(f"one token set is (N, D), got {tuple(tokens.shape)}")
+    scale = float(x.pow(2).sum())
+    return _set_entropy(x, order, 0.0), _set_entropy(x - x.mean(dim=0, keepdim=True), order, scale)
+
+
+class TokenSetEntropy:
+    """Matrix entropy per token set (per image, per caption), averaged over sets.
+
+    Each set is its own density matrix (PA's per-sample reading: log 576 = 6.36 bounds one
+    CLIP-L image). Per set both the uncentred and the centred entropy and both divided by
+    ``entropy_ceiling(N_set, D)``; ``result`` gives their means and population stds. Sets of
+    fewer than 2 tokens have no normalised entropy and are skipped and counted.
+    """
+
+    _NAMES = ("uncentred", "centred", "uncentred_normalized", "centred_normalized")
+
+    def __init__(self, normalize: bool = True, order: float = 1.0) -> None:
+        _check_order(order)
+        self.normalize = normalize
+        self.order = order
+        self.sets = 0
+        self.sets_skipped = 0
+        self._values: dict[str, list[float]] = {name: [] for name in self._NAMES}
+
+    def update(self, tokens: torch.Tensor) -> None:
+        """Add one set (N, D) or a batch of equal-sized sets (B, N, D)."""
+        for one in tokens.reshape(-1, *tokens.shape[-2:]) if tokens.dim() == 3 else [tokens]:
+            if one.shape[0] < 2:
+                self.sets_skipped += 1
+                continue
+            ceiling = entropy_ceiling(one.shape[0], one.shape[1])
+            uncentred, centred = set_entropies(one, normalize=self.normalize, order=self.order)
+            self.sets += 1
+            for name, value in (("uncentred", uncentred), ("centred", centred)):
+                if value is not None:
+                    self._values[name].append(value)
+                    self._values[f"{name}_normalized"].append(value / ceiling)
+
+    def result(self) -> dict[str, Any]:
+        """``<variant>_mean`` / ``<variant>_std`` for the four variants (None without a defined set),
+        ``sets`` and ``sets_skipped``; a centred value is missing for a set of identical tokens."""
+        values: dict[str, Any] = {"sets": self.sets, "sets_skipped": self.sets_skipped}
+        for name, seen in self._values.items():
+            data = torch.tensor(seen, dtype=torch.float64)
+            values[f"{name}_mean"] = float(data.mean()) if seen else None
+            values[f"{name}_std"] = float(data.std(correction=0)) if seen else None
+        return values
 
 
 def compression_report(h_vision: float, h_projected: float, h_words: float) -> dict[str, float]:
