@@ -31,13 +31,15 @@ from .checkpoints import (
     load_projector_file,
     read_config_dict,
 )
-from .language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
+from .language_model.families import LLMFamily, family_of_config, family_of_pretrained
 
 logger = logging.getLogger(__name__)
 
 
-def resolve_attn_implementation(requested: str | None) -> str | None:
-    """`flash_attention_2` falls back to `sdpa` with a warning when flash-attn is not installed."""
+def resolve_attn_implementation(requested: str | None, model_class: type | None = None) -> str | None:
+    """`flash_attention_2` falls back to `sdpa` with a warning when flash-attn is not installed, and
+    `sdpa` to `eager` for a `model_class` without sdpa (Gemma2: sdpa has no attention softcap), since
+    harnesses pass `attn_implementation="sdpa"` whatever the model."""
     if (
         requested
         and requested.startswith("flash_attention")
@@ -46,7 +48,10 @@ def resolve_attn_implementation(requested: str | None) -> str | None:
         logger.warning(
             "attn_implementation=%s requested but flash-attn is not installed: using sdpa", requested
         )
-        return "sdpa"
+        requested = "sdpa"
+    if requested == "sdpa" and model_class is not None and not getattr(model_class, "_supports_sdpa", True):
+        logger.warning("%s has no sdpa attention: using eager", model_class.__name__)
+        return "eager"
     return requested
 
 
@@ -129,12 +134,10 @@ def load_pretrained_model(
         dtype = torch.float16 if on_gpu else torch.float32
     elif isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    attn = resolve_attn_implementation(
-        kwargs.pop("attn_implementation", None) or ("flash_attention_2" if use_flash_attn else None)
+    requested_attn = kwargs.pop("attn_implementation", None) or (
+        "flash_attention_2" if use_flash_attn else None
     )
     load_kwargs = {"dtype": dtype, **_quantization_kwargs(load_8bit, load_4bit, dtype), **kwargs}
-    if attn:
-        load_kwargs["attn_implementation"] = attn
     if on_gpu:
         load_kwargs["device_map"] = device_map if device == "cuda" else {"": device}
 
@@ -142,14 +145,21 @@ def load_pretrained_model(
     config_dict = read_config_dict(model_path)
     if model_name and "llava" in model_name.lower() and not is_multimodal_config(config_dict):
         logger.warning("%s is named like a LLaVA model but its config has no vision tower", model_path)
+    # the LLM family from the checkpoint's config, before any weights load (a plain LM: the Auto class)
+    family = None
+    if kind is not CheckpointKind.FULL or is_multimodal_config(config_dict):
+        family = family_of_config(config_dict, where=model_path)
+    attn = resolve_attn_implementation(requested_attn, family.causal_lm_class if family else None)
+    if attn:
+        load_kwargs["attn_implementation"] = attn
 
     if kind is CheckpointKind.LORA:
-        base = find_base(model_base, model_path, kind)
-        config = LlavaConfig.from_pretrained(model_path)
+        base = _base_of_family(find_base(model_base, model_path, kind), family, model_path)
+        config = family.config_class.from_pretrained(model_path)
         tokenizer = _load_tokenizer(
             model_path if (Path(model_path) / "tokenizer_config.json").exists() else "", base
         )
-        model = _load_base_with_new_projector(base, config, **load_kwargs)
+        model = _load_base_with_new_projector(base, family, config, **load_kwargs)
         _match_vocab(model, config)
         if (Path(model_path) / NON_LORA_FILE).exists():
             load_non_lora_trainables(model, Path(model_path) / NON_LORA_FILE)
@@ -158,10 +168,10 @@ def load_pretrained_model(
 
         model = PeftModel.from_pretrained(model, model_path).merge_and_unload()
     elif kind is CheckpointKind.PROJECTOR:
-        base = find_base(model_base, model_path, kind)
-        config = LlavaConfig.from_pretrained(model_path)
+        base = _base_of_family(find_base(model_base, model_path, kind), family, model_path)
+        config = family.config_class.from_pretrained(model_path)
         tokenizer = _load_tokenizer(base)
-        model = _load_base_with_new_projector(base, config, **load_kwargs)
+        model = _load_base_with_new_projector(base, family, config, **load_kwargs)
         load_projector_file(model.get_model().mm_projector, Path(model_path) / PROJECTOR_FILE)
     elif is_multimodal_config(config_dict):
         if model_base:
@@ -169,12 +179,10 @@ def load_pretrained_model(
                 "%s holds full weights: model_base %s is not needed and is ignored", model_path, model_base
             )
         tokenizer = _load_tokenizer(model_path)
-        model, info = LlavaLlamaForCausalLM.from_pretrained(
+        model, info = family.causal_lm_class.from_pretrained(
             model_path, output_loading_info=True, **load_kwargs
         )
-        missing = [k for k in info["missing_keys"] if "vision_tower" not in k]
-        if missing:
-            raise ValueError(f"{model_path} is missing weights the model needs: {missing[:8]}")
+        _check_load_report(info, model_path, family, may_miss=("vision_tower",))
     else:
         tokenizer = _load_tokenizer(model_path, model_base or model_path)
         model = AutoModelForCausalLM.from_pretrained(model_path, **load_kwargs)
@@ -184,20 +192,43 @@ def load_pretrained_model(
     return tokenizer, model, image_processor, _context_length(model.config)
 
 
-def _load_base_with_new_projector(base: str, config, **load_kwargs):
+def _base_of_family(base: str, family: LLMFamily, model_path: str) -> str:
+    """`base`, checked to be of the LLM family the checkpoint `model_path` was trained on (config only)."""
+    base_family = family_of_pretrained(base)
+    if base_family is not family:
+        raise ValueError(
+            f"{model_path} was trained on a {family.name} LLM ({family.llava_model_type}), but its base "
+            f"{base} is a {base_family.name} model: pass the base it was trained on as model_base"
+        )
+    return base
+
+
+def _load_base_with_new_projector(base: str, family: LLMFamily, config, **load_kwargs):
     """Load a bare LLM as LLaVA; only the projector may be missing (it comes from a side file)."""
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the expected 'MISSING mm_projector' report is noise here
     try:
-        model, info = LlavaLlamaForCausalLM.from_pretrained(
+        model, info = family.causal_lm_class.from_pretrained(
             base, config=config, output_loading_info=True, **load_kwargs
         )
     finally:
         hf_logging.set_verbosity(verbosity)
-    missing = [k for k in info["missing_keys"] if "mm_projector" not in k and "vision_tower" not in k]
-    if missing:
-        raise ValueError(f"base model {base} is missing weights: {missing[:8]}")
+    _check_load_report(info, f"base model {base}", family, may_miss=("mm_projector", "vision_tower"))
     return model
+
+
+def _check_load_report(info: dict, what: str, family: LLMFamily, may_miss: tuple[str, ...]) -> None:
+    """A missing weight (other than `may_miss`) or an unexpected one is an error naming `what`: transformers
+    only reports them, and an unexpected one is dropped (a Qwen2 base's q/k/v biases in a Llama class)."""
+    missing = [k for k in info["missing_keys"] if not any(part in k for part in may_miss)]
+    if missing:
+        raise ValueError(f"{what} is missing weights the model needs: {missing[:8]}")
+    unexpected = [k for k in info["unexpected_keys"] if "vision_tower" not in k]
+    if unexpected:
+        raise ValueError(
+            f"{what} has weights that {family.causal_lm_class.__name__} does not take (they would be "
+            f"dropped): {unexpected[:8]}"
+        )
 
 
 def _match_vocab(model, config) -> None:

@@ -86,7 +86,10 @@ def read_config_dict(path: str | os.PathLike) -> dict:
 
 
 def is_multimodal_config(config: dict) -> bool:
-    return config.get("model_type") == "llava_llama" or bool(config.get("mm_vision_tower"))
+    """A config.json dict of a LLaVA model: our model_type (`llava_llama`, `llava_qwen`, ...) or a tower."""
+    from .language_model.families import LLAVA_MODEL_TYPES  # local: families imports this module lazily
+
+    return config.get("model_type") in LLAVA_MODEL_TYPES or bool(config.get("mm_vision_tower"))
 
 
 def _atomic_write(path: str | os.PathLike, write) -> None:

@@ -21,9 +21,9 @@ import torch
 import transformers
 from transformers import AutoTokenizer, HfArgumentParser, Trainer, set_seed
 
-from llava.model import LlavaLlamaForCausalLM
 from llava.model.builder import resolve_attn_implementation
 from llava.model.checkpoints import NON_LORA_FILE, atomic_torch_save, cpu_copies, make_adapter_config_portable
+from llava.model.language_model.families import LLMFamily, family_of_pretrained
 from llava.paths import absolute_if_local, resolve_model_path
 from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments
 from llava.train.data import conversation_template
@@ -89,18 +89,27 @@ def load_tokenizer(model_args, training_args):
     return tokenizer
 
 
+def llm_family(model_args) -> LLMFamily | None:
+    """The LLaVA family of `--model_name_or_path`, from its config.json (None without `--vision_tower`:
+    a text-only run loads any causal LM through the Auto class). An unsupported model_type is an error
+    listing the supported families, before anything loads."""
+    if model_args.vision_tower is None:
+        return None
+    return family_of_pretrained(model_args.model_name_or_path)
+
+
 def load_language_model(model_args, training_args, attn_implementation: str | None):
+    """The LLM of `--model_name_or_path`: its family's LLaVA class with a tower, else the Auto class."""
+    family = llm_family(model_args)
+    model_class = family.causal_lm_class if family else transformers.AutoModelForCausalLM
     kwargs = {
         "cache_dir": training_args.cache_dir,
         "dtype": compute_dtype(training_args) if training_args.bf16 else torch.float32,
     }
-    attn = resolve_attn_implementation(attn_implementation)
+    attn = resolve_attn_implementation(attn_implementation, family.causal_lm_class if family else None)
     if attn:
         kwargs["attn_implementation"] = attn
-    if model_args.vision_tower is not None:
-        model = LlavaLlamaForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
-    else:
-        model = transformers.AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
+    model = model_class.from_pretrained(model_args.model_name_or_path, **kwargs)
     model.config.use_cache = False
     if model_args.freeze_backbone:
         model.model.requires_grad_(False)
@@ -204,6 +213,7 @@ def build_trainer(
     # what the checkpoint records of its base (_name_or_path, the LoRA base) holds from any folder
     model_args.model_name_or_path = absolute_if_local(
         resolve_model_path(model_args.model_name_or_path, None, "--model_name_or_path"))
+    llm_family(model_args)  # an unsupported LLM family fails before anything loads
     init_deepspeed_comm(training_args)  # before zero.Init partitions the model in from_pretrained
     data_args.version = model_args.version
 
