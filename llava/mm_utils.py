@@ -5,6 +5,7 @@ Eval harnesses import `process_images`, `tokenizer_image_token` and
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -36,16 +37,73 @@ def expand2square(pil_img: Image.Image, background_color: tuple[int, ...]) -> Im
     return canvas
 
 
+@dataclass(frozen=True)
+class ProcessorGeometry:
+    """How an image processor moves pixels before it normalises them (what the model input is made of).
+
+    The resize is `shortest_edge` (the shorter edge becomes this, the longer one
+    `int(shortest_edge * long / short)`: CLIP) or `resize_to` = (height, width) regardless of the
+    aspect ratio (SigLIP); exactly one is set. `crop` = (height, width) of the centre crop that
+    follows, or None (SigLIP does not crop).
+    """
+
+    shortest_edge: int | None = None
+    resize_to: tuple[int, int] | None = None
+    crop: tuple[int, int] | None = None
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) of the processor's output, the tower's input."""
+        return self.crop or self.resize_to
+
+
+def processor_geometry(image_processor: Any) -> ProcessorGeometry:
+    """Read the resize and crop of a transformers image processor (CLIP- or SigLIP-style).
+
+    Raises `ValueError` naming the processor when its output has no fixed size (no resize, or a
+    shortest-edge resize without a centre crop), which no LLaVA tower can take.
+    """
+    name = type(image_processor).__name__
+    if not getattr(image_processor, "do_resize", False):
+        raise ValueError(f"image processor {name} does not resize (do_resize=False): "
+                         "its inputs have no fixed size")
+    size = image_processor.size
+    crop = None
+    if getattr(image_processor, "do_center_crop", False):
+        crop_size = image_processor.crop_size
+        crop = (crop_size["height"], crop_size["width"])
+    if size.get("shortest_edge"):
+        if crop is None:
+            raise ValueError(f"image processor {name} resizes by shortest_edge without a centre crop: "
+                             "its inputs have no fixed size")
+        return ProcessorGeometry(shortest_edge=size["shortest_edge"], crop=crop)
+    if size.get("height") and size.get("width"):
+        return ProcessorGeometry(resize_to=(size["height"], size["width"]), crop=crop)
+    raise ValueError(f"image processor {name} has size {size}: expected shortest_edge, or height and width")
+
+
+def processor_input_size(image_processor: Any) -> tuple[int, int]:
+    """(height, width) of the pixel values `image_processor` makes (its crop, else its resize)."""
+    return processor_geometry(image_processor).input_size
+
+
+def pad_fill(image_processor: Any) -> tuple[int, ...]:
+    """The colour `pad` fills the square canvas with: the processor's mean as 0-255 ints, floored as
+    upstream does (CLIP: (122, 116, 104); SigLIP's mean 0.5: (127, 127, 127))."""
+    return tuple(int(channel_mean * 255) for channel_mean in image_processor.image_mean)
+
+
 def process_images(images: list[Image.Image], image_processor: Any, model_cfg: Any) -> torch.Tensor:
     """Turn PIL images into the vision tower's input, `(N, 3, H, W)` float pixel values.
 
     With `model_cfg.image_aspect_ratio == "pad"` each image is first centred on a square
-    canvas filled with the processor's mean colour (0-255 ints), so the later centre crop
-    keeps the whole picture; any other value hands the list to the processor as is.
+    canvas filled with `pad_fill` (the processor's mean colour), so the later centre crop
+    (CLIP) keeps the whole picture and the later resize (SigLIP) keeps its aspect ratio; any
+    other value hands the list to the processor as is.
     """
     if getattr(model_cfg, "image_aspect_ratio", None) != "pad":
         return image_processor(images, return_tensors="pt")["pixel_values"]
-    background = tuple(int(channel_mean * 255) for channel_mean in image_processor.image_mean)
+    background = pad_fill(image_processor)
     pixels = [
         image_processor(expand2square(image, background), return_tensors="pt")["pixel_values"][0]
         for image in images

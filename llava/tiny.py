@@ -179,6 +179,49 @@ def build_tiny_clip(
     return out_dir
 
 
+def build_tiny_siglip(
+    out_dir: str | Path,
+    *,
+    image_size: int = 64,
+    patch_size: int = 16,
+    hidden_size: int = 32,
+    intermediate_size: int = 64,
+    num_hidden_layers: int = 3,
+    num_attention_heads: int = 4,
+    seed: int = 0,
+) -> Path:
+    """Write a randomly initialised ``SiglipModel`` (vision + text towers, as the hub's SigLIP
+    checkpoints are) and its ``SiglipImageProcessor``.
+
+    Images are resized to ``image_size`` × ``image_size`` (no aspect ratio kept, no crop) and
+    normalised with mean = std = 0.5; the vision tower sees ``(image_size // patch_size) ** 2``
+    patches and no CLS token. Its attention-pooling head is written (LLaVA does not use it). The
+    defaults give the same 4 × 4 patch grid as ``build_tiny_clip`` at another image size and patch.
+    No SigLIP text tokenizer is written.
+    """
+    import torch
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    if image_size % patch_size:
+        raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+    out_dir = Path(out_dir)
+    widths = {
+        "hidden_size": hidden_size, "intermediate_size": intermediate_size,
+        "num_hidden_layers": num_hidden_layers, "num_attention_heads": num_attention_heads,
+    }
+    config = SiglipConfig(
+        text_config={**widths, "vocab_size": 512, "max_position_embeddings": 16,
+                     "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0},
+        vision_config={**widths, "image_size": image_size, "patch_size": patch_size},
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SiglipModel(config)
+    model.save_pretrained(str(out_dir))
+    SiglipImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(str(out_dir))
+    return out_dir
+
+
 def _draw_two_boxes(rng: random.Random, width: int, height: int):
     """One grey image with a coloured box in its left half and another in its right half.
 
