@@ -39,6 +39,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     make.add_argument("--caption-references", type=int, default=spec.caption_references,
                       help="reference captions per held-out image")
     make.add_argument("--vqa-per-image", type=int, default=spec.vqa_per_image)
+    make.add_argument("--binding-per-image", type=int, default=spec.binding_per_image,
+                      help="binding questions per image ('What colour is the object left of the "
+                           "red circle?')")
+    make.add_argument("--held-out-pairs", nargs="*", default=list(spec.held_out_pairs), metavar="PAIR",
+                      help="'<colour> <shape>' labels left out of the training PAD file, "
+                           "e.g. 'purple triangle'")
     make.add_argument("--force", action="store_true", help="regenerate even when the folder has this spec")
     set_command(make, run_make)
 
@@ -62,7 +68,8 @@ def run_make(args: argparse.Namespace) -> int:
         scene=SceneSpec(min_size=args.min_size, max_size=args.max_size, objects_min=args.objects_min,
                         objects_max=args.objects_max, shapes=tuple(args.shapes), colours=tuple(args.colours),
                         sizes=tuple(args.sizes), min_visible=args.min_visible),
-        caption_references=args.caption_references, vqa_per_image=args.vqa_per_image)
+        caption_references=args.caption_references, vqa_per_image=args.vqa_per_image,
+        binding_per_image=args.binding_per_image, held_out_pairs=tuple(args.held_out_pairs))
     try:
         spec.check()
     except ValueError as err:

@@ -47,7 +47,10 @@ from patch_align.world.scene import (
 from patch_align.world.text import (
     CAPTION_PROMPT,
     PRETRAIN_PROMPTS,
+    RELATION_WORDS,
     VQA_SUFFIX,
+    binding_candidates,
+    caption_relation,
     caption_variants,
     label,
     referring_expression,
@@ -57,13 +60,18 @@ from patch_align.world.text import (
 logger = logging.getLogger(__name__)
 
 # Bump when the same spec would produce different files.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SPLITS = ("train", "eval")
 _SPLIT_CODES = {"train": 0, "eval": 1}
 WORLD_FILES = {
     "pretrain": "pretrain.json", "instruct": "instruct.json",
     "pretrain_eval": "pretrain_eval.json", "instruct_eval": "instruct_eval.json",
     "pad_train": "pad/train.jsonl", "pad_eval": "pad/eval.jsonl",
+    # held-out analysis views of pad/eval.jsonl (docs/demo.md): the regions of the held-out pairs
+    # only, and every object's size word / its caption's relation word as the label
+    "pad_eval_held_out_pairs": "pad/eval_held_out_pairs.jsonl",
+    "pad_eval_size_words": "pad/eval_size_words.jsonl",
+    "pad_eval_relation_words": "pad/eval_relation_words.jsonl",
     "rec_questions": "eval/rec.jsonl",
     "vqa_questions": "eval/vqa_questions.jsonl", "vqa_answers": "eval/vqa_answers.jsonl",
     "caption_questions": "eval/caption_questions.jsonl", "caption_references": "eval/caption_references.json",
@@ -80,7 +88,11 @@ class WorldError(ValueError):
 @dataclass(frozen=True)
 class WorldSpec:
     """Every property of a world. `caption_references` captions are kept per eval image;
-    `vqa_per_image` questions are asked per image (fewer when fewer are unambiguous)."""
+    `vqa_per_image` questions are asked per image (fewer when fewer are unambiguous), and
+    `binding_per_image` binding questions on top (`text.binding_candidates`; fewer when fewer exist).
+    `held_out_pairs`: "<colour> <shape>" labels left out of the training PAD file (their objects stay
+    in the images, captions and questions), to test whether alignment generalises to unseen pairs.
+    """
 
     seed: int = 0
     n_train: int = 2000
@@ -88,6 +100,8 @@ class WorldSpec:
     scene: SceneSpec = field(default_factory=SceneSpec)
     caption_references: int = 5
     vqa_per_image: int = 3
+    binding_per_image: int = 0
+    held_out_pairs: tuple[str, ...] = ()
 
     def check(self) -> None:
         """Raise ValueError naming the bad property."""
@@ -97,6 +111,15 @@ class WorldSpec:
         if self.caption_references < 1 or self.vqa_per_image < 1:
             raise ValueError("caption_references and vqa_per_image must be >= 1, got "
                              f"{self.caption_references}, {self.vqa_per_image}")
+        if self.binding_per_image < 0:
+            raise ValueError(f"binding_per_image must be >= 0, got {self.binding_per_image}")
+        pairs = {f"{c} {s}" for c in self.scene.colours for s in self.scene.shapes}
+        unknown = [p for p in self.held_out_pairs if p not in pairs]
+        if unknown or len(set(self.held_out_pairs)) != len(self.held_out_pairs):
+            raise ValueError("held_out_pairs must be distinct '<colour> <shape>' pairs of the scene's "
+                             f"colours and shapes, got {list(self.held_out_pairs)}")
+        if len(self.held_out_pairs) >= len(pairs):
+            raise ValueError(f"held_out_pairs leaves no pair to train on ({len(pairs)} pairs in the scene)")
 
 
 @dataclass(frozen=True)
@@ -120,7 +143,8 @@ def spec_to_json(spec: WorldSpec) -> dict[str, Any]:
 def spec_from_json(values: dict[str, Any]) -> WorldSpec:
     """Inverse of `spec_to_json`."""
     scene = {key: tuple(v) if isinstance(v, list) else v for key, v in values["scene"].items()}
-    return WorldSpec(**{**values, "scene": SceneSpec(**scene)})
+    return WorldSpec(**{**values, "scene": SceneSpec(**scene),
+                        "held_out_pairs": tuple(values.get("held_out_pairs", ()))})
 
 
 def render_world_image(spec: WorldSpec, split: str, index: int) -> RenderedImage:
@@ -135,11 +159,16 @@ def render_world_image(spec: WorldSpec, split: str, index: int) -> RenderedImage
                          measure_objects(scene, id_map), rng)
 
 
-def pad_record(item: RenderedImage) -> dict[str, Any]:
+def pad_record(item: RenderedImage, labels: dict[int, str] | None = None) -> dict[str, Any]:
+    """The PAD record of an image: one region per object, labelled `label(obj)`; with `labels`
+    (object index → label), only those objects, with those labels."""
     regions = []
     for obj in item.objects:
+        if labels is not None and obj.index not in labels:
+            continue
         x1, y1, x2, y2 = obj.bbox_xyxy
-        regions.append({"label": label(obj), "bbox": [x1, y1, x2 - x1, y2 - y1],
+        regions.append({"label": label(obj) if labels is None else labels[obj.index],
+                        "bbox": [x1, y1, x2 - x1, y2 - y1],
                         "segmentation": encode_mask(item.id_map == obj.index + 1)[0], "source": "world"})
     return {"id": item.image_id, "image": item.image, "width": item.scene.width,
             "height": item.scene.height, "regions": regions}
@@ -171,6 +200,9 @@ class _SplitWriter:
     pretrain: list[dict] = field(default_factory=list)
     instruct: list[dict] = field(default_factory=list)
     pad: list[dict] = field(default_factory=list)
+    # analysis views (eval split): held-out pairs only, size words, relation words
+    pad_views: dict[str, list[dict]] = field(default_factory=lambda: {
+        "held_out_pairs": [], "size_words": [], "relation_words": []})
     scenes: list[dict] = field(default_factory=list)
     rec_regions: list[ReferringRegion] = field(default_factory=list)
     vqa_questions: list[dict] = field(default_factory=list)
@@ -182,11 +214,19 @@ class _SplitWriter:
     def add(self, item: RenderedImage) -> None:
         spec, rng, objects = self.spec, item.rng, item.objects
         width, height = item.scene.width, item.scene.height
-        captions = caption_variants(objects, rng, spec.caption_references)
+        variants = caption_variants(objects, rng, spec.caption_references)
+        captions = [text for text, _ in variants]
         prompt = PRETRAIN_PROMPTS[int(rng.integers(len(PRETRAIN_PROMPTS)))]
         self.pretrain.append({"id": item.image_id, "image": item.image, "conversations": [
             {"from": "human", "value": _with_image(prompt, rng)}, {"from": "gpt", "value": captions[0]}]})
-        self.pad.append(pad_record(item))
+        if self.split == "train" and spec.held_out_pairs:
+            kept = {o.index: label(o) for o in objects if label(o) not in spec.held_out_pairs}
+            self.counts["pad_regions_held_out"] += len(objects) - len(kept)
+            self.pad.append(pad_record(item, kept))
+        else:
+            self.pad.append(pad_record(item))
+        if self.split == "eval":
+            self._add_views(item, variants[0][1])
         self.scenes.append({"id": item.image_id, "image": item.image, "width": width, "height": height,
                             "background": asdict(item.scene.background),
                             "objects": [{**asdict(o), **asdict(d)}
@@ -196,6 +236,10 @@ class _SplitWriter:
         picked = sorted(rng.choice(len(candidates), size=min(spec.vqa_per_image, len(candidates)),
                                    replace=False).tolist())
         vqa = [candidates[i] for i in picked]
+        if spec.binding_per_image:
+            binding = binding_candidates(objects)
+            chosen = rng.choice(len(binding), size=min(spec.binding_per_image, len(binding)), replace=False)
+            vqa += [binding[i] for i in sorted(chosen.tolist())]
         self.instruct += [
             _conversation(item, "caption", [(CAPTION_PROMPT, captions[0])]),
             _conversation(item, "rec", [(REC_PROMPT.format(expression=referring_expression(o)),
@@ -225,6 +269,18 @@ class _SplitWriter:
             self.counts[f"colour_{obj.colour}"] += 1
             self.counts[f"size_{obj.size}"] += 1
         self.counts[f"objects_per_image_{len(objects)}"] += 1
+
+    def _add_views(self, item: RenderedImage, first_order: list[int]) -> None:
+        """The held-out analysis views of one eval image (records without a region are left out)."""
+        held_out = self.spec.held_out_pairs
+        views = {"held_out_pairs": {o.index: label(o) for o in item.objects if label(o) in held_out},
+                 "size_words": {o.index: o.size for o in item.objects}, "relation_words": {}}
+        stated = caption_relation(item.objects, first_order)
+        if stated is not None:
+            views["relation_words"] = {stated[0]: RELATION_WORDS[stated[1]]}
+        for name, labels in views.items():
+            if labels:
+                self.pad_views[name].append(pad_record(item, labels))
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -300,6 +356,8 @@ def make_world(out_dir: str | Path, spec: WorldSpec, *, reuse: bool = True) -> d
     for split, writer in writers.items():
         _write_jsonl(out_dir / WORLD_FILES[f"pad_{split}"], [{"pad_version": 1}, *writer.pad])
         _write_jsonl(out_dir / WORLD_FILES[f"scenes_{split}"], writer.scenes)
+    for view, records in held_out.pad_views.items():
+        _write_jsonl(out_dir / WORLD_FILES[f"pad_eval_{view}"], [{"pad_version": 1}, *records])
     _write_jsonl(out_dir / WORLD_FILES["rec_questions"], build_rec_questions(held_out.rec_regions))
     _write_jsonl(out_dir / WORLD_FILES["vqa_questions"], held_out.vqa_questions)
     _write_jsonl(out_dir / WORLD_FILES["vqa_answers"], held_out.vqa_answers)
@@ -314,13 +372,21 @@ def make_world(out_dir: str | Path, spec: WorldSpec, *, reuse: bool = True) -> d
             "rec_box": "[x1, y1, x2, y2] as fractions of the padded square (llava.eval.rec), 2 decimals; "
                        "ground truth 'bbox' in eval/rec.jsonl is xyxy pixels of the visible object",
             "vqa_metric": "exact (one answer per question; score with llava.eval.eval_vqa --metric exact)",
-            "pad_labels": "'<colour> <shape>', one region per visible object, mask after occlusion",
+            "pad_labels": "'<colour> <shape>', one region per visible object, mask after occlusion; "
+                          "the training file leaves out the regions of spec.held_out_pairs",
+            "pad_views": "pad/eval_held_out_pairs.jsonl: only the held-out pairs' regions; "
+                         "pad/eval_size_words.jsonl: every object labelled with its size word; "
+                         "pad/eval_relation_words.jsonl: the first object of the first reference "
+                         "caption labelled with the relation word the caption states of it "
+                         "(above, below, left, right)",
             "instruct_ids": "'<image id>-caption', '-rec', '-vqa'; pretrain ids are the image ids, "
                             "so PAD joins them",
         },
         "counts": {split: dict(sorted(w.counts.items())) | {
             "pretrain_samples": len(w.pretrain), "instruct_samples": len(w.instruct),
             "pad_regions": sum(len(r["regions"]) for r in w.pad), "rec_questions": len(w.rec_regions),
+            **({f"pad_view_{v}_regions": sum(len(r["regions"]) for r in records)
+                for v, records in w.pad_views.items()} if split == "eval" else {}),
             "vqa_questions": len(w.vqa_questions)} for split, w in writers.items()},
     }
     _write_json(manifest_path, manifest)

@@ -22,6 +22,12 @@ PRETRAIN_PROMPTS = (
     "Give a brief description of the scene.",
 )
 VQA_KINDS = ("colour", "shape", "size", "count", "exists")
+# Binding questions: the answer is an attribute of the object found by a place relation to another
+# one, so a model must bind attributes to locations (WorldSpec.binding_per_image).
+BINDING_KINDS = ("bind_colour", "bind_shape")
+RELATIONS = ("above", "below", "to the left of", "to the right of")
+# the one word of each relation that names it (used as a region label for matching-pursuit recall)
+RELATION_WORDS = {"above": "above", "below": "below", "to the left of": "left", "to the right of": "right"}
 
 
 def label(obj: VisibleObject) -> str:
@@ -46,6 +52,14 @@ def relation(a: VisibleObject, b: VisibleObject) -> str:
     return "to the left of" if dx < 0 else "to the right of"
 
 
+def caption_relation(objects: list[VisibleObject], order: list[int]) -> tuple[int, str] | None:
+    """The object index and relation `caption(objects, order)` states ("a ... above a ..."), or None
+    for a one-object caption."""
+    if len(order) < 2:
+        return None
+    return order[0], relation(objects[order[0]], objects[order[1]])
+
+
 def caption(objects: list[VisibleObject], order: list[int]) -> str:
     """"a small red circle above a large blue square and a small green triangle" for `order`."""
     first = objects[order[0]]
@@ -56,13 +70,16 @@ def caption(objects: list[VisibleObject], order: list[int]) -> str:
     return " and ".join([text, *(noun_phrase(objects[i]) for i in order[2:])])
 
 
-def caption_variants(objects: list[VisibleObject], rng: np.random.Generator, count: int) -> list[str]:
-    """Up to `count` distinct true captions (different object orders), in the order drawn."""
-    variants: list[str] = []
+def caption_variants(objects: list[VisibleObject], rng: np.random.Generator,
+                     count: int) -> list[tuple[str, list[int]]]:
+    """Up to `count` distinct true captions (different object orders) with the object order each
+    describes, in the order drawn."""
+    variants: list[tuple[str, list[int]]] = []
     for _ in range(8 * count):
-        text = caption(objects, [int(i) for i in rng.permutation(len(objects))])
-        if text not in variants:
-            variants.append(text)
+        order = [int(i) for i in rng.permutation(len(objects))]
+        text = caption(objects, order)
+        if all(text != seen for seen, _ in variants):
+            variants.append((text, order))
         if len(variants) == count:
             break
     return variants
@@ -95,4 +112,28 @@ def vqa_candidates(objects: list[VisibleObject], colours: tuple[str, ...],
     else:
         obj = objects[int(rng.integers(len(objects)))]
         questions.append(("exists", f"Is there a {obj.colour} {obj.shape}?", "yes"))
+    return questions
+
+
+def binding_candidates(objects: list[VisibleObject]) -> list[tuple[str, str, str]]:
+    """Every unambiguous binding question about the scene as (kind, question, answer).
+
+    bind_colour: "What colour is the object to the left of the red circle?" when exactly one other
+    object stands in that relation to the red circle (colour-shape pairs are unique, so the anchor
+    is one object); bind_shape: "What shape is below the blue one?" when blue occurs once and
+    exactly one other object is below it. Relations are `relation`'s, as in the captions.
+    """
+    colour_counts = Counter(o.colour for o in objects)
+    questions = []
+    for anchor in objects:
+        for rel in RELATIONS:
+            related = [o for o in objects if o is not anchor and relation(o, anchor) == rel]
+            if len(related) != 1:
+                continue
+            target = related[0]
+            questions.append(("bind_colour", f"What colour is the object {rel} the {anchor.colour} "
+                              f"{anchor.shape}?", target.colour))
+            if colour_counts[anchor.colour] == 1:
+                questions.append(("bind_shape", f"What shape is {rel} the {anchor.colour} one?",
+                                  target.shape))
     return questions
