@@ -3,6 +3,11 @@
 Names, fields and renderings follow upstream LLaVA 1.2.2 byte for byte, because
 checkpoints were trained on exactly these strings and eval harnesses build prompts
 through `conv_templates[name].copy()`.
+
+The templates of newer LLM families (`llama_3`, `qwen_2`, `qwen_2_5`, `gemma`, `phi3`) use the
+ROLE_HEADER style: each turn is a role header, its text and the family's turn-end token
+(`sep`), then `sep2` (a newline for ChatML, Gemma and Phi-3). They render the hub chat templates
+without the BOS token, which the tokenizer adds (the string holds what is tokenised).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ class SeparatorStyle(Enum):
     MPT = auto()
     PLAIN = auto()
     LLAMA_2 = auto()
+    ROLE_HEADER = auto()
 
 
 # A message is the turn text, None for "the model answers next", or upstream's gradio
@@ -40,6 +46,11 @@ class Conversation:
     `messages` holds mutable `[role, text]` lists so callers can fill in an answer later
     (`conv.messages[1][1] = answer`). `offset` counts the preset example turns at the
     start of `messages` that a UI would hide.
+
+    ROLE_HEADER templates (ours, not upstream's) also read `role_format` (a turn's header,
+    `{role}` filled in) and `system_format` (the system turn before its `sep`, `{system}` filled
+    in; None for a family without a system turn); `sep` is the turn-end token, `sep2` what
+    follows it.
     """
 
     system: str
@@ -51,6 +62,8 @@ class Conversation:
     sep2: str | None = None
     version: str = "Unknown"
     skip_next: bool = False
+    role_format: str = "{role}"
+    system_format: str | None = "{system}"
 
     def get_prompt(self) -> str:
         """Render system prompt and all messages as one string in this template's format.
@@ -70,7 +83,46 @@ class Conversation:
             return self._render_llama_2(texts)
         if self.sep_style is SeparatorStyle.PLAIN:
             return self._render_plain(texts)
+        if self.sep_style is SeparatorStyle.ROLE_HEADER:
+            return self._render_role_header(texts)[0]
         raise ValueError(f"Unknown separator style: {self.sep_style!r}")
+
+    def get_prompt_and_answer_spans(self) -> tuple[str, list[tuple[int, int]]]:
+        """The prompt and the character span `[start, end)` of each assistant answer to supervise.
+
+        ROLE_HEADER: the span is the answer text plus the turn-end token (`sep`), recorded while
+        rendering, so it cannot drift from the prompt; headers, `sep2` and the system turn stay
+        unsupervised (LLaVA-NeXT also supervises the headers and structural tokens: we do not, the
+        model never has to produce them, the prompt always supplies them). TWO, LLAMA_2, MPT
+        (upstream's): an answer starts where the generation prompt for it ends and stops where the
+        prompt rendered through that answer ends; both must be prefixes of the full prompt, as
+        upstream's round arithmetic assumes (the answer's closing separator is supervised).
+        Raises ValueError for the other styles (nothing to supervise per turn) or a rendering whose
+        prefixes are not prefixes of the whole.
+        """
+        texts = [(role, message_text(message)) for role, message in self.messages]
+        if self.sep_style is SeparatorStyle.ROLE_HEADER:
+            return self._render_role_header(texts)
+        if self.sep_style not in (SeparatorStyle.TWO, SeparatorStyle.LLAMA_2, SeparatorStyle.MPT):
+            raise ValueError(
+                f"template style {self.sep_style.name} (version {self.version!r}) has no answer spans"
+            )
+        prompt = self.get_prompt()
+        spans = []
+        for position, (role, _) in enumerate(texts):
+            if role != self.roles[1]:
+                continue
+            before = self.copy()
+            before.messages = before.messages[:position] + [[self.roles[1], None]]
+            through = self.copy()
+            through.messages = through.messages[: position + 1]
+            start, end = before.get_prompt(), through.get_prompt()
+            if not (prompt.startswith(start) and prompt.startswith(end)):
+                raise ValueError(
+                    f"template {self.version!r} does not render turn {position} as a prefix of the whole"
+                )
+            spans.append((len(start), len(end)))
+        return prompt, spans
 
     def _render_role_colon(self, texts: list[tuple[str, str | None]], seps: tuple[str, str | None]) -> str:
         parts = [self.system, seps[0]]
@@ -102,6 +154,36 @@ class Conversation:
                 parts.append(f" {text} {self.sep2}")
         # The first [INST] opens the prompt without a leading separator (the tokenizer adds BOS).
         return "".join(parts).removeprefix(self.sep)
+
+    def _render_role_header(
+        self, texts: list[tuple[str, str | None]]
+    ) -> tuple[str, list[tuple[int, int]]]:
+        """The prompt and the spans of the assistant answers (text + turn-end token)."""
+        after_turn = self.sep2 or ""
+        parts: list[str] = []
+        if self.system:
+            if self.system_format is None:
+                raise ValueError(f"template {self.version!r} has no system turn; its system must be empty")
+            parts.append(self.system_format.format(system=self.system) + self.sep + after_turn)
+        spans = []
+        length = sum(map(len, parts))
+        for index, (role, text) in enumerate(texts):
+            header = self.role_format.format(role=role)
+            parts.append(header)
+            length += len(header)
+            if not text:
+                if index != len(texts) - 1:
+                    raise ValueError(
+                        f"template {self.version!r}: message {index} has no text; only the last message "
+                        "may be empty (the generation prompt)"
+                    )
+                continue
+            answer = text + self.sep
+            if role == self.roles[1]:
+                spans.append((length, length + len(answer)))
+            parts.append(answer + after_turn)
+            length += len(answer) + len(after_turn)
+        return "".join(parts), spans
 
     def _render_plain(self, texts: list[tuple[str, str | None]]) -> str:
         seps = (self.sep, self.sep if self.sep2 is None else self.sep2)
@@ -272,6 +354,62 @@ conv_llava_v1_mmtag = dataclasses.replace(
     conv_vicuna_v1, system=_MMTAG_SYSTEM, messages=[], version="v1_mmtag"
 )
 
+
+# The newer families' chat templates (backbones reference, section 4), without BOS.
+conv_llama_3 = Conversation(
+    system=_LLAVA_LLAMA_2_SYSTEM,  # LLaVA-NeXT's llava_llama_3 system prompt
+    roles=("user", "assistant"),
+    messages=[],
+    offset=0,
+    sep_style=SeparatorStyle.ROLE_HEADER,
+    sep="<|eot_id|>",
+    sep2="",
+    version="llama_3",
+    role_format="<|start_header_id|>{role}<|end_header_id|>\n\n",
+    system_format="<|start_header_id|>system<|end_header_id|>\n\n{system}",
+)
+conv_qwen_2 = Conversation(
+    system="You are a helpful assistant.",
+    roles=("user", "assistant"),
+    messages=[],
+    offset=0,
+    sep_style=SeparatorStyle.ROLE_HEADER,
+    sep="<|im_end|>",
+    sep2="\n",
+    version="qwen_2",
+    role_format="<|im_start|>{role}\n",
+    system_format="<|im_start|>system\n{system}",
+)
+conv_qwen_2_5 = dataclasses.replace(
+    conv_qwen_2,
+    system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+    messages=[],
+)
+conv_gemma = Conversation(
+    system="",
+    roles=("user", "model"),
+    messages=[],
+    offset=0,
+    sep_style=SeparatorStyle.ROLE_HEADER,
+    sep="<end_of_turn>",
+    sep2="\n",
+    version="gemma",
+    role_format="<start_of_turn>{role}\n",
+    system_format=None,
+)
+conv_phi3 = Conversation(
+    system="",  # Phi-3's hub template has no default system prompt
+    roles=("user", "assistant"),
+    messages=[],
+    offset=0,
+    sep_style=SeparatorStyle.ROLE_HEADER,
+    sep="<|end|>",
+    sep2="\n",
+    version="phi3",
+    role_format="<|{role}|>\n",
+    system_format="<|system|>\n{system}",
+)
+
 default_conversation = conv_vicuna_v1
 
 # Aliases point at the same object, as upstream's do; callers must `.copy()` before appending.
@@ -292,4 +430,9 @@ conv_templates: dict[str, Conversation] = {
     "v1_mmtag": conv_llava_v1_mmtag,
     "llava_llama_2": conv_llava_llama_2,
     "mpt": conv_mpt,
+    "llama_3": conv_llama_3,
+    "qwen_2": conv_qwen_2,
+    "qwen_2_5": conv_qwen_2_5,
+    "gemma": conv_gemma,
+    "phi3": conv_phi3,
 }

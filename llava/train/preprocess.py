@@ -24,6 +24,7 @@ from llava.conversation import Conversation, SeparatorStyle
 from llava.mm_utils import tokenizer_image_token
 
 _SPEAKER_TO_ROLE_INDEX = {"human": 0, "gpt": 1}
+_CHAT_STYLES = (SeparatorStyle.TWO, SeparatorStyle.LLAMA_2, SeparatorStyle.MPT, SeparatorStyle.ROLE_HEADER)
 
 
 class LabelAlignmentError(ValueError):
@@ -84,6 +85,9 @@ def tokenize_conversation(
     - TWO, LLAMA_2, MPT: the prompt is `template.get_prompt()` over the turns; each
       assistant answer with its closing separator (`</s>` for v1) is supervised,
       everything else (system, user turns, role markers) is masked.
+    - ROLE_HEADER (llama_3, qwen_2, gemma, phi3): each answer and its turn-end token
+      (`<|eot_id|>`, `<|im_end|>`, `<end_of_turn>`, `<|end|>`) are supervised; headers, the
+      newline after the turn end, system and user turns are masked.
 
     With `has_image` (and always for PLAIN) the prompt goes through `tokenizer_image_token`
     (each `<image>` → `IMAGE_TOKEN_INDEX`, always masked), otherwise through the tokenizer
@@ -99,12 +103,13 @@ def tokenize_conversation(
     splice_image_tokens = has_image or template.sep_style is SeparatorStyle.PLAIN
     if template.sep_style is SeparatorStyle.PLAIN:
         prompt, spans = _plain_prompt_and_spans(turns, template, sample_id)
-    elif template.sep_style in (SeparatorStyle.TWO, SeparatorStyle.LLAMA_2, SeparatorStyle.MPT):
+    elif template.sep_style in _CHAT_STYLES:
         prompt, spans = _chat_prompt_and_spans(turns, template, sample_id)
     else:
         raise ValueError(
             f"sample {sample_id}: template style {template.sep_style.name} (version "
-            f"{template.version!r}) is not supported for training; use plain, v1, llama_2 or mpt"
+            f"{template.version!r}) is not supported for training; use plain, v1, llama_2, mpt or a "
+            "ROLE_HEADER template (llama_3, qwen_2, qwen_2_5, gemma, phi3)"
         )
 
     def encode(text: str) -> list[int]:
@@ -170,30 +175,16 @@ def _chat_prompt_and_spans(
 ) -> tuple[str, list[tuple[int, int]]]:
     """The rendered prompt and the character span `[start, end)` of each supervised answer.
 
-    An answer starts where the generation prompt for it ends and stops where the prompt
-    rendered through that answer ends; both renderings must be prefixes of the full one.
+    The template renders and locates its answers itself (`Conversation.get_prompt_and_answer_spans`).
     """
     conv = template.copy()
     conv.messages = []
     for role_index, value in turns:
         conv.append_message(conv.roles[role_index], value)
-    prompt = conv.get_prompt()
-    spans = []
-    for position, (role_index, _) in enumerate(turns):
-        if role_index != 1:
-            continue
-        before = conv.copy()
-        before.messages = before.messages[:position] + [[conv.roles[1], None]]
-        through = conv.copy()
-        through.messages = through.messages[: position + 1]
-        start, end = before.get_prompt(), through.get_prompt()
-        if not (prompt.startswith(start) and prompt.startswith(end)):
-            raise LabelAlignmentError(
-                f"sample {sample_id}: template {template.version!r} does not render turn {position} "
-                f"as a prefix of the full prompt"
-            )
-        spans.append((len(start), len(end)))
-    return prompt, spans
+    try:
+        return conv.get_prompt_and_answer_spans()
+    except ValueError as err:
+        raise LabelAlignmentError(f"sample {sample_id}: {err}") from err
 
 
 def _token_boundary(
