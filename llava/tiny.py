@@ -1,9 +1,10 @@
 """Tiny, randomly initialised LLaVA ingredients for tests and the CPU demo.
 
 Every builder writes an ordinary model folder that the normal ``from_pretrained`` paths load
-(``AutoTokenizer``, ``LlamaForCausalLM``, ``CLIPVisionModel``, ``CLIPImageProcessor``), so code
-under test goes through exactly the loading path a real checkpoint would. All builders are
-deterministic for a given seed (same bytes on disk) and leave the caller's RNG state untouched.
+(``AutoTokenizer``, ``LlamaForCausalLM`` or another family's causal LM, ``CLIPVisionModel``,
+``CLIPImageProcessor``), so code under test goes through exactly the loading path a real
+checkpoint would. All builders are deterministic for a given seed (same bytes on disk) and leave
+the caller's RNG state untouched.
 """
 
 from __future__ import annotations
@@ -109,24 +110,81 @@ def build_tiny_llama(
     seed: int = 0,
 ) -> Path:
     """Write a randomly initialised float32 ``LlamaForCausalLM`` plus its tokenizer into ``out_dir``."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     out_dir = Path(out_dir)
     train_sentencepiece_tokenizer(
         corpus, out_dir, vocab_size=vocab_size, model_max_length=max_position_embeddings
     )
+    return build_tiny_lm(
+        "llama", out_dir, out_dir, hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
+        max_position_embeddings=max_position_embeddings, seed=seed,
+    )
+
+
+def _family_config_extras(family: str, head_dim: int) -> dict:
+    """Config fields a family needs set for tiny widths: its default head_dim (Qwen3 128, Gemma 256)
+    does not follow hidden_size / heads, and Gemma2 scales queries by its own head_dim."""
+    if family in ("qwen3", "gemma"):
+        return {"head_dim": head_dim}
+    if family == "gemma2":
+        return {"head_dim": head_dim, "query_pre_attn_scalar": head_dim}
+    return {}
+
+
+def build_tiny_lm(
+    family: str,
+    out_dir: str | Path,
+    tokenizer_dir: str | Path,
+    *,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int | None = None,
+    max_position_embeddings: int = 512,
+    seed: int = 0,
+) -> Path:
+    """Write a randomly initialised float32 base LM of ``family`` (a base ``model_type`` of
+    ``llava.model.language_model.families.LLM_FAMILIES``: ``llama``, ``qwen2``, ...) into ``out_dir``,
+    with the tokenizer folder ``tokenizer_dir`` copied in (``out_dir`` itself may hold it already).
+
+    The folder loads with ``AutoModelForCausalLM.from_pretrained`` as that family's ``*ForCausalLM``.
+    Everything else is the family's default (Gemma's tied embeddings and √hidden scaling, Gemma2's
+    softcaps and sliding layers, Phi-3's fused projections). Biases (Qwen2's q/k/v) are drawn at
+    random, as a trained model's are: zeros would hide a loader that drops them. Returns ``out_dir``.
+    """
+    import torch
+    from transformers import AutoTokenizer
+
+    from llava.model.language_model.families import family_of_model_type
+
+    lm = family_of_model_type(family, where="build_tiny_lm")
+    if lm.name != family:
+        raise ValueError(f"build_tiny_lm builds base LMs: pass {lm.name!r}, not {family!r}")
+    if hidden_size % num_attention_heads:
+        raise ValueError(f"hidden_size {hidden_size} is not a multiple of {num_attention_heads} heads")
+    out_dir, tokenizer_dir = Path(out_dir), Path(tokenizer_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if tokenizer_dir.resolve() != out_dir.resolve():
+        for file in sorted(tokenizer_dir.iterdir()):
+            if file.is_file():
+                shutil.copyfile(file, out_dir / file.name)
     tokenizer = AutoTokenizer.from_pretrained(str(out_dir))
-    config = LlamaConfig(
+    config = lm.base_config_class(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
         num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_attention_heads, max_position_embeddings=max_position_embeddings,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=None,
-        dtype="float32",
+        num_key_value_heads=num_key_value_heads or num_attention_heads,
+        max_position_embeddings=max_position_embeddings, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, dtype="float32",
+        **_family_config_extras(family, hidden_size // num_attention_heads),
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
+        model = lm.base_lm_class(config)
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, torch.nn.Linear) and module.bias is not None:
+                    module.bias.normal_(0.0, 0.02)
     model.save_pretrained(str(out_dir))
     return out_dir
 
