@@ -73,6 +73,8 @@ SAMPLE_CORPUS: tuple[str, ...] = (
     "What is in the picture? Describe the image briefly.",
     "a red circle and a blue box on the left, a green square at the top right",
     "Which box is on the left? the red box. Name a colour: yellow.",
+    # runs of newlines become merged tokens, as in real vocabularies (a boundary can fall inside one)
+    "Line one\n\nLine two\n\n\nLine three",
 ) * 20
 
 # Configuration keys `save_pretrained` records about how the tokenizer was loaded (they follow
