@@ -30,6 +30,7 @@ from llava.train.data import conversation_template
 from llava.train.llava_json import load_llava_json
 from llava.train.llava_trainer import unwrap_peft
 from llava.train.recipe import TrainContext, TrainRecipe
+from llava.train.tokenizer_setup import prepare_tokenizer
 
 logger = logging.getLogger("llava.train")
 
@@ -81,11 +82,7 @@ def load_tokenizer(model_args, training_args):
         use_fast=False,
     )
     tokenizer.padding_side = "right"  # transformers 5's LlamaTokenizer defaults to left
-    if model_args.version == "v0" and tokenizer.pad_token is None:
-        tokenizer.add_special_tokens({"pad_token": "[PAD]"})
-    elif tokenizer.pad_token is None or model_args.version != "v0":
-        # LLaMA has no pad token; upstream pads with <unk> (the attention mask, not the id, marks padding)
-        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+    prepare_tokenizer(tokenizer, model_args.version)
     return tokenizer
 
 
