@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from llava.mm_utils import processor_input_size
 from llava.train.data import DataCollatorForSupervisedDataset, LazySupervisedDataset
 from llava.train.llava_trainer import unwrap_peft
 from patch_align.geometry import (
@@ -109,7 +110,8 @@ class PatchGrid:
     """Where regions land: the image transform mode, the processor's sizes and the tower's patches.
 
     `aspect_mode` is `--image_aspect_ratio` (`pad` or `square`); `image_processor` the
-    tower's CLIP processor; `patch_size` the tower's patch side in model pixels;
+    tower's processor (CLIP's or SigLIP's: it owns the resize and crop, see `patch_align.geometry`);
+    `patch_size` the tower's patch side in model pixels;
     `select_feature` `--mm_vision_select_feature` (`cls_patch` puts CLS first).
     """
 
@@ -120,8 +122,9 @@ class PatchGrid:
 
     @property
     def grid_shape(self) -> tuple[int, int]:
-        crop = self.image_processor.crop_size
-        return crop["height"] // self.patch_size, crop["width"] // self.patch_size
+        """(rows, columns) of patches on the processor's output (CLIP's crop, SigLIP's resize)."""
+        height, width = processor_input_size(self.image_processor)
+        return height // self.patch_size, width // self.patch_size
 
     @property
     def num_tokens(self) -> int:
@@ -134,7 +137,8 @@ class PatchGrid:
         cls, tower: Any, aspect_mode: str, image_processor: Any, select_feature: str = "patch"
     ) -> PatchGrid:
         """The grid of a loaded vision tower (its `config.patch_size`); raises `ValueError` when the
-        processor's crop does not give the tower's `num_patches_per_side` square grid."""
+        processor's output does not give the tower's `num_patches_per_side` square grid, or when the
+        tower returns another number of tokens (e.g. a CLS count other than `cls_patch`'s one)."""
         grid = cls(
             aspect_mode=aspect_mode,
             image_processor=image_processor,
@@ -143,8 +147,13 @@ class PatchGrid:
         )
         if grid.grid_shape != (tower.num_patches_per_side, tower.num_patches_per_side):
             raise ValueError(
-                f"the image processor's crop gives a {grid.grid_shape} patch grid, the vision tower "
+                f"the image processor's output gives a {grid.grid_shape} patch grid, the vision tower "
                 f"{tower.num_patches_per_side}x{tower.num_patches_per_side}"
+            )
+        if tower.select_feature != select_feature or grid.num_tokens != tower.num_tokens:
+            raise ValueError(
+                f"mm_vision_select_feature {select_feature!r} gives {grid.num_tokens} vision tokens, the "
+                f"vision tower returns {tower.num_tokens} (select feature {tower.select_feature!r})"
             )
         return grid
 
@@ -302,7 +311,7 @@ class PadAlignedDataset(LazySupervisedDataset):
         if labels.grid != self.grid.grid_shape:
             raise SeaLabelError(
                 f"{where} has a {labels.grid} patch grid, the vision tower {self.grid.grid_shape}: "
-                "label with the training CLIP's image size and patch size"
+                "label with the training tower's image size and patch size"
             )
         geometry = labels.settings.get("image_aspect_ratio")
         if geometry != self.grid.aspect_mode:

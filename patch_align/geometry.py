@@ -3,11 +3,18 @@
 Coordinates are continuous pixel-edge coordinates: pixel (row i, column j) of an image is
 the unit square [j, j+1) × [i, i+1), so an image of width W spans x in [0, W].
 
+The tower's image processor owns the resize and the crop (`llava.mm_utils.processor_geometry`),
+never assumed here:
+- CLIP (`CLIPImageProcessor`): resize so the shorter edge is `shortest_edge` (longer edge
+  `int(shortest_edge * long / short)`, i.e. floored), then centre crop `crop_size` at offset
+  `(resized - crop) // 2` (floor; negative when the crop is larger, in which case the
+  processor pads with zeros).
+- SigLIP (`SiglipImageProcessor`): resize to `size` = height × width whatever the aspect ratio,
+  no crop.
+
 Two preprocessing modes, as LLaVA's `image_aspect_ratio`:
-- `square`: CLIP's processor alone: resize so the shorter edge is `shortest_edge`
-  (longer edge `int(shortest_edge * long / short)`, i.e. floored), then centre crop
-  `crop_size` at offset `(resized - crop) // 2` (floor; negative when the crop is larger,
-  in which case the processor pads with zeros).
+- `square`: the processor alone (a non-square image loses its margins to CLIP's crop, and is
+  stretched to a square by SigLIP's resize).
 - `pad`: first `llava.mm_utils.expand2square` (paste at `pad_to_square_geometry` offsets on
   a square of the longer edge), then the same processor steps on that square.
 
@@ -21,7 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from llava.mm_utils import pad_to_square_geometry
+from llava.mm_utils import ProcessorGeometry, pad_to_square_geometry, processor_geometry
 
 AspectMode = Literal["pad", "square"]
 SelectFeature = Literal["patch", "cls_patch"]
@@ -54,23 +61,22 @@ class ImageTransform:
         return (xs - self.offset_x) / self.scale_x, (ys - self.offset_y) / self.scale_y
 
 
-def _resize_shortest_edge(width: int, height: int, shortest_edge: int) -> tuple[int, int]:
-    """Output (width, height) of the CLIP processor's shortest-edge resize."""
+def _resized_size(width: int, height: int, geometry: ProcessorGeometry) -> tuple[int, int]:
+    """Output (width, height) of the processor's resize."""
+    if geometry.resize_to is not None:
+        return geometry.resize_to[1], geometry.resize_to[0]
+    shortest_edge = geometry.shortest_edge
     if width <= height:
         return shortest_edge, int(shortest_edge * height / width)
     return int(shortest_edge * width / height), shortest_edge
 
 
-def model_input_transform(width: int, height: int, mode: AspectMode, shortest_edge: int = 336,
-                          crop_size: tuple[int, int] | None = None) -> ImageTransform:
-    """The affine map from a `width` × `height` image to the model input under `mode`.
-
-    `shortest_edge` is the processor's `size["shortest_edge"]`; `crop_size` its
-    `(crop height, crop width)`, by default `(shortest_edge, shortest_edge)`.
-    """
+def geometry_transform(width: int, height: int, mode: AspectMode,
+                       geometry: ProcessorGeometry) -> ImageTransform:
+    """The affine map from a `width` × `height` image to the model input under `mode`, for a
+    processor that resizes and (optionally) centre crops as `geometry` says."""
     if width <= 0 or height <= 0:
         raise ValueError(f"image size must be positive, got {width}x{height}")
-    crop_height, crop_width = crop_size if crop_size is not None else (shortest_edge, shortest_edge)
     if mode == "pad":
         side, left, top = pad_to_square_geometry(width, height)
         canvas_width, canvas_height = side, side
@@ -79,23 +85,30 @@ def model_input_transform(width: int, height: int, mode: AspectMode, shortest_ed
         canvas_width, canvas_height = width, height
     else:
         raise ValueError(f"image aspect mode must be 'pad' or 'square', got {mode!r}")
-    resized_width, resized_height = _resize_shortest_edge(canvas_width, canvas_height, shortest_edge)
+    resized_width, resized_height = _resized_size(canvas_width, canvas_height, geometry)
     scale_x, scale_y = resized_width / canvas_width, resized_height / canvas_height
-    crop_left, crop_top = (resized_width - crop_width) // 2, (resized_height - crop_height) // 2
+    output_height, output_width = geometry.input_size
+    # without a crop the resized image is the input: offset 0
+    crop_left, crop_top = (resized_width - output_width) // 2, (resized_height - output_height) // 2
     return ImageTransform(scale_x=scale_x, scale_y=scale_y,
                           offset_x=left * scale_x - crop_left, offset_y=top * scale_y - crop_top,
-                          output_width=crop_width, output_height=crop_height)
+                          output_width=output_width, output_height=output_height)
+
+
+def model_input_transform(width: int, height: int, mode: AspectMode, shortest_edge: int = 336,
+                          crop_size: tuple[int, int] | None = None) -> ImageTransform:
+    """`geometry_transform` for a CLIP-style processor: resize the shortest edge to `shortest_edge`,
+    then centre crop `crop_size` = (crop height, crop width), by default `(shortest_edge, shortest_edge)`.
+    """
+    crop = crop_size if crop_size is not None else (shortest_edge, shortest_edge)
+    return geometry_transform(width, height, mode, ProcessorGeometry(shortest_edge=shortest_edge, crop=crop))
 
 
 def processor_transform(width: int, height: int, mode: AspectMode, image_processor: Any) -> ImageTransform:
-    """`model_input_transform` with the sizes of a CLIP-style image processor (resize + centre crop)."""
-    if not (image_processor.do_resize and image_processor.do_center_crop):
-        raise ValueError("image processor must resize and centre crop (do_resize and do_center_crop)")
-    shortest_edge = image_processor.size["shortest_edge"]
-    if not shortest_edge:
-        raise ValueError(f"image processor must resize by 'shortest_edge', got size {image_processor.size}")
-    crop = image_processor.crop_size
-    return model_input_transform(width, height, mode, shortest_edge, (crop["height"], crop["width"]))
+    """`geometry_transform` with the resize and crop the tower's image processor itself does
+    (`processor_geometry`: CLIP's shortest edge + centre crop, SigLIP's resize to height × width);
+    `ValueError` for a processor whose output has no fixed size."""
+    return geometry_transform(width, height, mode, processor_geometry(image_processor))
 
 
 def _prefix_sums_at(values: np.ndarray, points: np.ndarray, axis: int) -> np.ndarray:
@@ -142,6 +155,9 @@ def mask_to_patch_coverage(mask: np.ndarray, transform: ImageTransform | AspectM
     or a mode name with `image_size` as both shortest edge and crop (CLIP-L/336: 336 →
     24 × 24 grid). Each patch rectangle is pulled back to original coordinates and the
     mask integrated over it exactly (fractional pixels included); padding counts as uncovered.
+    The grid is G = input // `patch_size` patches per side, as the tower's unpadded patch
+    convolution cuts it: an input that is not a whole number of patches (SigLIP so400m:
+    384 = 27 · 14 + 6) has its last rows and columns seen by no patch.
     """
     mask = np.asarray(mask)
     if mask.ndim != 2 or mask.shape[0] == 0 or mask.shape[1] == 0:
@@ -149,11 +165,12 @@ def mask_to_patch_coverage(mask: np.ndarray, transform: ImageTransform | AspectM
     height, width = mask.shape
     if isinstance(transform, str):
         transform = model_input_transform(width, height, transform, image_size)
-    if transform.output_width % patch_size or transform.output_height % patch_size:
-        raise ValueError(f"model input {transform.output_width}x{transform.output_height} is not a whole "
-                         f"number of {patch_size}-px patches")
-    edges_x = np.arange(0, transform.output_width + 1, patch_size, dtype=np.float64)
-    edges_y = np.arange(0, transform.output_height + 1, patch_size, dtype=np.float64)
+    grid_width, grid_height = transform.output_width // patch_size, transform.output_height // patch_size
+    if grid_width == 0 or grid_height == 0:
+        raise ValueError(f"model input {transform.output_width}x{transform.output_height} is smaller than "
+                         f"one {patch_size}-px patch")
+    edges_x = np.arange(grid_width + 1, dtype=np.float64) * patch_size
+    edges_y = np.arange(grid_height + 1, dtype=np.float64) * patch_size
     xs, ys = transform.invert(edges_x, edges_y)
     integral = _mask_integral(mask, xs, ys)
     covered = integral[1:, 1:] - integral[:-1, 1:] - integral[1:, :-1] + integral[:-1, :-1]
@@ -184,7 +201,12 @@ def coverage_to_patch_mask(coverage: np.ndarray, threshold: float = DEFAULT_PATC
 
 
 def vision_token_offset(select_feature: SelectFeature) -> int:
-    """Index of the first patch token among the vision tokens: 1 with `cls_patch` (CLS first), else 0."""
+    """Index of the first patch token among the vision tokens: 1 with `cls_patch` (CLS first), else 0.
+
+    `patch` is the patches alone for every tower (a CLS-less one such as SigLIP has nothing to drop);
+    `cls_patch` exists only for towers with one CLS token (CLIP): a tower without refuses it
+    (`SiglipVisionTower`), and `PatchGrid.of_tower` checks the count against the tower's.
+    """
     if select_feature == "patch":
         return 0
     if select_feature == "cls_patch":

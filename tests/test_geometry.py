@@ -140,9 +140,48 @@ def test_full_size_grid_is_24_by_24_and_conserves_area():
     assert coverage.sum() * 14 * 14 == pytest.approx(area_in_model_px)
 
 
-def test_input_not_a_whole_number_of_patches_is_rejected():
-    with pytest.raises(ValueError, match="not a whole number of 14-px patches"):
-        mask_to_patch_coverage(np.ones((10, 10), bool), "pad", 50, 14)
+def test_pixels_past_the_last_whole_patch_are_seen_by_no_patch():
+    # SigLIP so400m: 384 px in 14-px patches is 27 patches and 6 px no patch sees; here 50 = 3 · 14 + 8
+    mask = rect_mask(50, 50, 42, 0, 8, 50)  # only the last 8 columns
+    coverage = mask_to_patch_coverage(mask, "square", 50, 14)
+    assert coverage.shape == (3, 3) and not coverage.any()
+    whole = mask_to_patch_coverage(np.ones((50, 50), bool), "square", 50, 14)
+    np.testing.assert_array_equal(whole, np.ones((3, 3)))
+
+
+def test_input_smaller_than_one_patch_is_rejected():
+    with pytest.raises(ValueError, match="model input 10x10 is smaller than one 14-px patch"):
+        mask_to_patch_coverage(np.ones((10, 10), bool), "pad", 10, 14)
+
+
+def siglip_processor(side: int):
+    from transformers import SiglipImageProcessor
+
+    return SiglipImageProcessor(size={"height": side, "width": side})
+
+
+def test_siglip_square_mode_stretches_a_wide_image_onto_the_whole_input_without_a_crop():
+    # 80x60 -> 64x64: x scaled by 64/80, y by 64/60, nothing cropped
+    assert processor_transform(80, 60, "square", siglip_processor(64)) == ImageTransform(
+        scale_x=64 / 80, scale_y=64 / 60, offset_x=0.0, offset_y=0.0, output_width=64, output_height=64)
+
+
+def test_siglip_pad_mode_pastes_on_the_square_then_resizes_it_keeping_the_aspect_ratio():
+    # 80x60 on an 80x80 canvas at top (80-60)//2 = 10, then 80 -> 64 scales by 0.8: offset 8
+    assert processor_transform(80, 60, "pad", siglip_processor(64)) == ImageTransform(
+        scale_x=0.8, scale_y=0.8, offset_x=0.0, offset_y=8.0, output_width=64, output_height=64)
+
+
+def test_siglip_square_mode_keeps_the_margins_clip_crops_away():
+    from transformers import CLIPImageProcessor
+
+    mask = rect_mask(112, 56, 0, 0, 28, 56)  # the left quarter of a 2:1 image
+    clip = mask_to_patch_coverage(mask, processor_transform(112, 56, "square", CLIPImageProcessor(
+        size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})), patch_size=14)
+    siglip = mask_to_patch_coverage(mask, processor_transform(112, 56, "square", siglip_processor(56)),
+                                    patch_size=14)
+    assert not clip.any()
+    np.testing.assert_array_equal(siglip, np.tile([1.0, 0.0, 0.0, 0.0], (4, 1)))
 
 
 # ---- coverage -> patch mask -----------------------------------------------------------------------
@@ -202,6 +241,7 @@ def colour_patches(image: Image.Image, processor, mode: str, colour: tuple[int, 
     rgb = (pixels * std[:, None, None] + mean[:, None, None]) * 255
     is_colour = np.abs(rgb - np.array(colour)[:, None, None]).max(axis=0) < 40
     grid = is_colour.shape[0] // patch_size
+    is_colour = is_colour[:grid * patch_size, :grid * patch_size]  # what the patch convolution sees
     return is_colour.reshape(grid, patch_size, grid, patch_size).mean(axis=(1, 3)) > 0.5
 
 
@@ -211,6 +251,17 @@ def processors():
 
     return {56: CLIPImageProcessor.from_pretrained(FIXTURE_CLIP),
             336: CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})}
+
+
+@pytest.fixture(scope="module")
+def siglip_processors(tmp_path_factory):
+    from transformers import SiglipImageProcessor
+
+    from llava.tiny import build_tiny_siglip
+
+    tiny = build_tiny_siglip(tmp_path_factory.mktemp("siglip"))  # 64 px, 16-px patches
+    # so400m-patch14-384's processor: 384 px, 14-px patches (27 of them, 6 px unseen)
+    return {64: (SiglipImageProcessor.from_pretrained(tiny), 16), 384: (siglip_processor(384), 14)}
 
 
 PIXEL_CASES = [  # (processor side, image width, height, box x, y, w, h): no patch near 0.5 in either mode
@@ -235,4 +286,32 @@ def test_coverage_majority_matches_the_processed_pixels(processors, mode, side, 
     ambiguous = (coverage > 0.35) & (coverage < 0.65)
     assert not ambiguous.any(), "test case must not have patches near the 0.5 boundary"
     np.testing.assert_array_equal(colour_patches(image, processor, mode, RED, 14), coverage >= 0.5)
+    assert (coverage >= 0.5).any()
+
+
+# (processor side, image width, height, box x, y, w, h): no patch near 0.5 in either mode
+SIGLIP_PIXEL_CASES = [
+    (64, 128, 64, 22, 4, 40, 27),
+    (64, 64, 128, 4, 22, 27, 40),
+    (64, 80, 60, 13, 12, 26, 17),
+    (64, 70, 70, 11, 13, 25, 17),
+    (384, 500, 300, 50, 30, 100, 90),
+    (384, 300, 500, 30, 50, 90, 100),
+    (384, 400, 400, 40, 40, 80, 80),
+]
+
+
+@pytest.mark.parametrize("mode", ["pad", "square"])
+@pytest.mark.parametrize("side,width,height,x0,y0,w,h", SIGLIP_PIXEL_CASES)
+def test_siglip_coverage_majority_matches_the_processed_pixels(siglip_processors, mode, side, width, height,
+                                                               x0, y0, w, h):
+    processor, patch = siglip_processors[side]
+    assert not getattr(processor, "do_center_crop", None) and tuple(processor.image_mean) == (0.5, 0.5, 0.5)
+    image = Image.new("RGB", (width, height), (128, 128, 128))
+    ImageDraw.Draw(image).rectangle([x0, y0, x0 + w - 1, y0 + h - 1], fill=RED)
+    coverage = mask_to_patch_coverage(rect_mask(width, height, x0, y0, w, h),
+                                      processor_transform(width, height, mode, processor), patch_size=patch)
+    ambiguous = (coverage > 0.35) & (coverage < 0.65)
+    assert not ambiguous.any(), "test case must not have patches near the 0.5 boundary"
+    np.testing.assert_array_equal(colour_patches(image, processor, mode, RED, patch), coverage >= 0.5)
     assert (coverage >= 0.5).any()

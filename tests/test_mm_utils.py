@@ -12,8 +12,12 @@ from PIL import Image
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.mm_utils import (
     KeywordsStoppingCriteria,
+    ProcessorGeometry,
     get_model_name_from_path,
+    pad_fill,
     process_images,
+    processor_geometry,
+    processor_input_size,
     tokenizer_image_token,
 )
 
@@ -128,3 +132,43 @@ def test_keywords_stopping_criteria_ignores_the_prompt(tokenizer):
     criteria = KeywordsStoppingCriteria(["</s>"], tokenizer, prompt)
     assert criteria(prompt, None).tolist() == [False]
     assert criteria(torch.tensor([[1, 2, 259]]), None).tolist() == [False]
+
+
+# ---- processors other than CLIP's: what they do to geometry, and the pad fill -------------------
+
+def test_processor_geometry_reads_clips_shortest_edge_and_crop(image_processor):
+    assert processor_geometry(image_processor) == ProcessorGeometry(shortest_edge=56, crop=(56, 56))
+    assert processor_input_size(image_processor) == (56, 56)
+
+
+def test_processor_geometry_reads_siglips_resize_without_a_crop():
+    from transformers import SiglipImageProcessor
+
+    processor = SiglipImageProcessor(size={"height": 384, "width": 384})
+    assert processor_geometry(processor) == ProcessorGeometry(resize_to=(384, 384))
+    assert processor_input_size(processor) == (384, 384)
+
+
+def test_a_shortest_edge_resize_without_a_crop_has_no_fixed_size_and_is_refused():
+    from transformers import CLIPImageProcessor
+
+    processor = CLIPImageProcessor(size={"shortest_edge": 56}, do_center_crop=False)
+    with pytest.raises(ValueError, match="^image processor CLIPImageProcessor.* resizes by shortest_edge "
+                                         "without a centre crop"):
+        processor_geometry(processor)
+
+
+def test_siglip_pad_fill_is_127_and_the_padded_image_is_resized_whole():
+    from transformers import SiglipImageProcessor
+
+    processor = SiglipImageProcessor(size={"height": 32, "width": 32})
+    assert pad_fill(processor) == (127, 127, 127)
+    wide = Image.new("RGB", (64, 32), (255, 255, 255))
+    pixels = process_images([wide], processor, SimpleNamespace(image_aspect_ratio="pad"))
+    assert pixels.shape == (1, 3, 32, 32)
+    # the 64x32 image fills rows 8..23 of the 32x32 input, the fill the rest (the 2x bicubic
+    # downscale blurs two rows on either side of each edge)
+    fill = torch.full((3, 6, 32), (127 / 255 - 0.5) / 0.5)
+    torch.testing.assert_close(pixels[0, :, :6], fill)
+    torch.testing.assert_close(pixels[0, :, 26:], fill)
+    torch.testing.assert_close(pixels[0, :, 10:22], torch.ones(3, 12, 32))

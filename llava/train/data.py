@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from llava.constants import IGNORE_INDEX
 from llava.conversation import Conversation, conv_templates
-from llava.mm_utils import process_images
+from llava.mm_utils import process_images, processor_input_size
 
 from .llava_json import load_llava_json, sample_id
 from .preprocess import LabelAlignmentError, preprocess_multimodal, tokenize_conversation
@@ -120,8 +120,8 @@ class LazySupervisedDataset(Dataset):
         elif self.data_args.is_multimodal:
             # Text-only samples in a multimodal run carry a zero image (upstream's convention):
             # the model consumes it without splicing so the projector stays in every graph.
-            crop = self.data_args.image_processor.crop_size
-            item["image"] = torch.zeros(3, crop["height"], crop["width"])
+            height, width = processor_input_size(self.data_args.image_processor)
+            item["image"] = torch.zeros(3, height, width)
         return item
 
     def load_image(self, sample: dict, i: int) -> torch.Tensor:
