@@ -23,7 +23,7 @@ from patch_align.cli import main as patch_align_main
 from patch_align.evaluation import prepare, runner
 from patch_align.evaluation.report import metric_columns, results_markdown
 from patch_align.evaluation.runner import Checkpoint, parse_checkpoint, run_suite
-from patch_align.evaluation.scoring import prepare_task
+from patch_align.evaluation.scoring import prepare_task, rec_centre_in_box
 from patch_align.evaluation.suite import SuiteError, load_suite
 
 IMAGES = ["img000.png", "img001.png", "img002.png"]
@@ -142,11 +142,14 @@ def test_metrics_equal_the_scorers_called_directly_on_the_answer_files(suite_run
     for name in ("base", "again"):
         tasks = results["checkpoints"][name]["tasks"]
         rec_answers = load_answer_texts(out / name / "refcoco" / "answers.jsonl")
-        rec = score_rec(_read_jsonl(folder / "rec.jsonl"), rec_answers)
+        rec_questions = _read_jsonl(folder / "rec.jsonl")
+        rec = score_rec(rec_questions, rec_answers)
+        rec["centre_in_box"] = rec_centre_in_box(rec_questions, rec_answers)
         assert tasks["refcoco"]["scores"] == json.loads(json.dumps(rec))
         assert tasks["refcoco"]["metrics"] == {"acc@0.5": rec["overall"]["accuracy"],
                                                "acc@0.5 testA": rec["splits"]["testA"]["accuracy"],
-                                               "acc@0.5 val": rec["splits"]["val"]["accuracy"]}
+                                               "acc@0.5 val": rec["splits"]["val"]["accuracy"],
+                                               "centre_in_box": rec["centre_in_box"]["rate"]}
         for task, metric, annotation, key in (("vqav2", "vqa", "vqa_annotations.jsonl", "vqa_acc"),
                                               ("sqa", "option", "mc_answers.json", "option_acc")):
             truth = load_ground_truth(folder / annotation, metric)
@@ -189,11 +192,11 @@ def test_results_markdown_has_a_row_per_checkpoint_and_a_column_per_task_metric(
     assert table == results_markdown(suite_run["results"])
     header = next(line for line in table.splitlines() if line.startswith("| checkpoint | refcoco"))
     assert header == ("| checkpoint | refcoco: acc@0.5 | refcoco: acc@0.5 testA | refcoco: acc@0.5 val | "
-                      "vqav2: vqa_acc | sqa: option_acc | coco_caption: CIDEr | coco_caption: Bleu_4 | "
+                      "refcoco: centre_in_box | vqav2: vqa_acc | sqa: option_acc | coco_caption: CIDEr | coco_caption: Bleu_4 | "
                       "coco_caption: ROUGE_L |")
     base_vqa = suite_run["results"]["checkpoints"]["base"]["tasks"]["vqav2"]["metrics"]["vqa_acc"]
     base_row = next(line for line in table.splitlines() if line.startswith("| base |")).split(" | ")
-    assert base_row[4] == f"{100 * base_vqa:.1f}"
+    assert base_row[5] == f"{100 * base_vqa:.1f}"
 
 
 @pytest.mark.slow  # runs the tiny checkpoint over 4 tasks twice: ~10-20 s on 2 busy cores

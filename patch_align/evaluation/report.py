@@ -36,15 +36,35 @@ def _markdown_table(header: list[str], rows: list[list[str]], text_columns: int 
     return "\n".join(lines)
 
 
+def _baseline_of(results: dict[str, Any], task: str, metric: str) -> float | None:
+    return results.get("baselines", {}).get(task, {}).get("metrics", {}).get(metric)
+
+
 def results_markdown(results: dict[str, Any]) -> str:
-    """Scores (rows checkpoints, columns task metrics) and a timing table (rows checkpoint × task)."""
+    """Scores (rows checkpoints, columns task metrics; a first `blind baseline` row when the suite
+    fits baselines, and `(≤)` after a score that does not beat it), the baselines' methods, and a
+    timing table (rows checkpoint × task)."""
+    from patch_align.evaluation.baselines import BASELINE_MARK, at_or_below
+
     columns = metric_columns(results)
+    baselines = results.get("baselines", {})
     score_rows = []
+    if baselines:
+        score_rows.append(["blind baseline"] + [_cell(_baseline_of(results, t, m)) for t, m in columns])
     for name, checkpoint in results["checkpoints"].items():
         row = [name]
         for task, metric in columns:
-            row.append(_cell(checkpoint["tasks"][task]["metrics"].get(metric)))
+            value = checkpoint["tasks"][task]["metrics"].get(metric)
+            mark = " (≤)" if at_or_below(value, _baseline_of(results, task, metric)) else ""
+            row.append(_cell(value) + mark)
         score_rows.append(row)
+    baseline_lines = []
+    if baselines:
+        baseline_lines = [f"(≤): {BASELINE_MARK}: the score does not beat the blind baseline, which "
+                          "never looks at the image (fit on the task's `baseline_train`, scored by the "
+                          "task's own scorer):", ""]
+        baseline_lines += [f"- {task}: {entry['method']}" for task, entry in baselines.items()]
+        baseline_lines.append("")
     timing_rows = []
     for name, checkpoint in results["checkpoints"].items():
         for task, entry in checkpoint["tasks"].items():
@@ -63,6 +83,7 @@ def results_markdown(results: dict[str, Any]) -> str:
         "",
         _markdown_table(["checkpoint"] + [f"{task}: {metric}" for task, metric in columns], score_rows),
         "",
+        *baseline_lines,
         "## Timings",
         "",
         "`unparsed`: answers with no readable box (rec) or option letter (mc), scored as wrong.",

@@ -157,6 +157,27 @@ def _evaluate_checkpoint(
     return results
 
 
+def suite_baselines(tasks: list[PreparedTask]) -> dict[str, Any]:
+    """task name → `baselines.task_baseline` of every task with a `baseline_train` (fit before any
+    model loads; a training file is read once however many tasks use it). Errors are `SuiteError`s."""
+    from llava.train.llava_json import load_llava_json
+    from patch_align.evaluation.baselines import task_baseline
+
+    records: dict[Path, list[dict[str, Any]]] = {}
+    baselines = {}
+    for task in tasks:
+        path = task.spec.baseline_train
+        if path is None:
+            continue
+        try:
+            if path not in records:
+                records[path] = load_llava_json(path)
+            baselines[task.spec.name] = task_baseline(task, records[path], task.spec.baseline_slot_words)
+        except (ValueError, KeyError, TypeError) as error:
+            raise SuiteError(f"task {task.spec.name!r}: baseline from {path}: {error}") from error
+    return baselines
+
+
 def run_suite(
     suite: Suite,
     checkpoints: list[Checkpoint],
@@ -194,6 +215,7 @@ def run_suite(
         except ValueError as error:
             raise SuiteError(f"task {spec.name!r}: {error}") from error
     tasks = [prepare_task(spec, limit) for spec in suite.tasks]
+    baselines = suite_baselines(tasks)
     out_dir = Path(out_dir)
     results = {
         "suite": str(suite.path),
@@ -201,6 +223,7 @@ def run_suite(
         "max_new_tokens_override": max_new_tokens,
         "batch_size": batch_size,
         "tasks": [{"name": t.spec.name, "type": t.spec.type, "questions": len(t.questions)} for t in tasks],
+        "baselines": baselines,
         "checkpoints": {},
     }
     for checkpoint in checkpoints:

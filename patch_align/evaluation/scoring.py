@@ -13,7 +13,7 @@ from typing import Any
 
 from llava.eval.eval_vqa import load_answer_texts, load_ground_truth
 from llava.eval.model_vqa_loader import check_question_images, read_questions
-from llava.eval.rec import check_rec_question, score_rec
+from llava.eval.rec import check_rec_question, padded_normalized_to_pixels, parse_box, score_rec
 from llava.eval.vqa_metrics import score_answers
 from patch_align.evaluation.suite import SuiteError, TaskSpec
 
@@ -113,11 +113,34 @@ def _answers_to_asked(task: PreparedTask, answers_file: Path) -> dict[str, str]:
     return {qid: text for qid, text in answers.items() if qid in asked}
 
 
+def rec_centre_in_box(questions: list[dict[str, Any]], answers: dict[str, str]) -> dict[str, Any]:
+    """How many answers put the centre of their box inside the true box (pixels, edges inside).
+
+    A coarser hit than IoU ≥ 0.5 that still moves when boxes are about one patch off; a missing or
+    unparsable answer is a miss. Returns `{"total", "hits", "rate"}` (rate over all questions)."""
+    hits = 0
+    for question in questions:
+        box = parse_box(answers.get(str(question["question_id"]), ""))
+        if box is None:
+            continue
+        x1, y1, x2, y2 = padded_normalized_to_pixels(box, question["width"], question["height"])
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        bx1, by1, bx2, by2 = question["bbox"]
+        hits += bx1 <= cx <= bx2 and by1 <= cy <= by2
+    return {"total": len(questions), "hits": hits, "rate": hits / len(questions) if questions else 0.0}
+
+
 def score_task(task: PreparedTask, answers_file: str | Path) -> dict[str, Any]:
     """The full scorer output for the task's questions answered in `answers_file`."""
-    answers = _answers_to_asked(task, Path(answers_file))
+    return score_task_answers(task, _answers_to_asked(task, Path(answers_file)))
+
+
+def score_task_answers(task: PreparedTask, answers: dict[str, str]) -> dict[str, Any]:
+    """The full scorer output for `answers` (question id → text) to the task's questions;
+    rec adds `centre_in_box` (`rec_centre_in_box`) to `score_rec`'s output."""
     if task.spec.type == "rec":
-        return score_rec(task.questions, answers, REC_IOU_THRESHOLD)
+        scores = score_rec(task.questions, answers, REC_IOU_THRESHOLD)
+        return {**scores, "centre_in_box": rec_centre_in_box(task.questions, answers)}
     if task.spec.type == "caption":
         # Imported here: pycocoevalcap is an optional extra, needed only by caption tasks.
         from llava.eval.caption_metrics import score_captions
@@ -129,7 +152,8 @@ def score_task(task: PreparedTask, answers_file: str | Path) -> dict[str, Any]:
 def headline_metrics(task_type: str, scores: dict[str, Any]) -> dict[str, float]:
     """Table numbers of one scored task, the first being the one charted.
 
-    rec: `acc@0.5` overall, then `acc@0.5 <split>` per split when there are several;
+    rec: `acc@0.5` overall, then `acc@0.5 <split>` per split when there are several, then
+    `centre_in_box`;
     vqa/gqa/mc: their accuracy; caption: CIDEr, Bleu_4, METEOR (when Java ran it), ROUGE_L.
     """
     if task_type == "rec":
@@ -138,6 +162,8 @@ def headline_metrics(task_type: str, scores: dict[str, Any]) -> dict[str, float]
         if len(scores["splits"]) > 1:
             for split, tally in scores["splits"].items():
                 metrics[f"{name} {split}"] = tally["accuracy"]
+        if "centre_in_box" in scores:  # absent from scores.json files written before it existed
+            metrics["centre_in_box"] = scores["centre_in_box"]["rate"]
         return metrics
     if task_type == "caption":
         return {key: scores[key] for key in CAPTION_METRICS if key in scores}

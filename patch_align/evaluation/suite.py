@@ -37,7 +37,7 @@ TASK_TYPES: dict[str, str | None] = {
 DEFAULT_CONV_MODE = "llava_v1"
 DEFAULT_MAX_NEW_TOKENS = 128
 _TASK_KEYS = {"name", "type", "question_file", "annotation_file", "image_folder", "conv_mode",
-              "max_new_tokens", "splits"}
+              "max_new_tokens", "splits", "baseline_train", "baseline_slot_words"}
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
@@ -50,7 +50,9 @@ class TaskSpec:
     """One task of a suite, paths resolved.
 
     `splits`: keep only questions whose `split` field is one of these (None: all questions).
-    `image_folder` None means text-only questions.
+    `image_folder` None means text-only questions. `baseline_train`: LLaVA training conversations
+    the task's blind baseline is fit on (None: no baseline); `baseline_slot_words`: words a
+    question template abstracts (`baselines.question_template`).
     """
 
     name: str
@@ -61,6 +63,8 @@ class TaskSpec:
     conv_mode: str
     max_new_tokens: int
     splits: tuple[str, ...] | None
+    baseline_train: Path | None = None
+    baseline_slot_words: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,14 @@ def parse_task(raw: Mapping[str, Any], base: Path, where: str) -> TaskSpec:
         if not isinstance(splits, list) or not splits or not all(isinstance(s, str) for s in splits):
             raise SuiteError(f"{where}: 'splits' must be a non-empty list of strings, got {splits!r}")
         splits = tuple(splits)
+    slot_words = raw.get("baseline_slot_words", [])
+    if not isinstance(slot_words, list) or not all(isinstance(w, str) and w for w in slot_words):
+        raise SuiteError(f"{where}: 'baseline_slot_words' must be a list of words, got {slot_words!r}")
+    if slot_words and "baseline_train" not in raw:
+        raise SuiteError(f"{where}: 'baseline_slot_words' needs 'baseline_train' (the data it is fit on)")
+    baseline_train = raw.get("baseline_train")
+    if baseline_train is not None:
+        baseline_train = _resolve(baseline_train, base, where, "baseline_train")
     image_folder = raw.get("image_folder")
     return TaskSpec(
         name=name,
@@ -123,6 +135,8 @@ def parse_task(raw: Mapping[str, Any], base: Path, where: str) -> TaskSpec:
         conv_mode=conv_mode,
         max_new_tokens=max_new_tokens,
         splits=splits,
+        baseline_train=baseline_train,
+        baseline_slot_words=tuple(slot_words),
     )
 
 
@@ -170,7 +184,8 @@ def missing_files(task: TaskSpec) -> list[str]:
     problems = []
     for key, path, want_dir in (("question_file", task.question_file, False),
                                 ("annotation_file", task.annotation_file, False),
-                                ("image_folder", task.image_folder, True)):
+                                ("image_folder", task.image_folder, True),
+                                ("baseline_train", task.baseline_train, False)):
         if path is None:
             continue
         exists = path.is_dir() if want_dir else path.is_file()
