@@ -220,15 +220,15 @@ def _load_base_with_new_projector(base: str, family: LLMFamily, config, **load_k
 def _check_load_report(info: dict, what: str, family: LLMFamily, may_miss: tuple[str, ...]) -> None:
     """A missing weight (other than `may_miss`) or an unexpected one is an error naming `what`: transformers
     only reports them, and an unexpected one is dropped (a Qwen2 base's q/k/v biases in a Llama class)."""
-    missing = [k for k in info["missing_keys"] if not any(part in k for part in may_miss)]
-    if missing:
-        raise ValueError(f"{what} is missing weights the model needs: {missing[:8]}")
     unexpected = [k for k in info["unexpected_keys"] if "vision_tower" not in k]
     if unexpected:
         raise ValueError(
             f"{what} has weights that {family.causal_lm_class.__name__} does not take (they would be "
             f"dropped): {unexpected[:8]}"
         )
+    missing = [k for k in info["missing_keys"] if not any(part in k for part in may_miss)]
+    if missing:
+        raise ValueError(f"{what} is missing weights the model needs: {missing[:8]}")
 
 
 def _match_vocab(model, config) -> None:

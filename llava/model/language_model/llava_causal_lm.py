@@ -17,8 +17,9 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from ..llava_arch import LlavaMetaForCausalLM
 
 # transformers 4.x (upstream LLaVA pins 4.37.2) reads the rotary settings only from these
-# top-level keys; transformers 5 keeps them inside `rope_parameters`.
-LEGACY_ROPE_KEYS = ("rope_theta", "rope_scaling")
+# top-level keys; transformers 5 keeps them inside `rope_parameters`. (`partial_rotary_factor`:
+# Phi-3's 4.x configs carry it at the top level, it is no scaling parameter.)
+LEGACY_ROPE_KEYS = ("rope_theta", "rope_scaling", "partial_rotary_factor")
 
 
 def legacy_rope_entries(rope_parameters: dict) -> dict:
@@ -27,8 +28,10 @@ def legacy_rope_entries(rope_parameters: dict) -> dict:
     4.37 knows plain RoPE (`rope_scaling: null`) and `{"type": "linear" | "dynamic", "factor": float}`.
     Any other RoPE (llama3, yarn, dynamic with extra keys, ...) is written with all its parameters
     under `type`, which 4.37 refuses with a ValueError instead of running with plain RoPE.
+    A `partial_rotary_factor` (Phi-3) is written beside them, where transformers 4.x reads it.
     """
     params = dict(rope_parameters)
+    partial = {key: params.pop(key) for key in ("partial_rotary_factor",) if key in params}
     theta = params.pop("rope_theta")
     rope_type = params.pop("rope_type", "default")
     params.pop("type", None)  # transformers 5 keeps a 4.x config's `type` beside `rope_type`
@@ -38,7 +41,7 @@ def legacy_rope_entries(rope_parameters: dict) -> dict:
         scaling = {"type": rope_type, "factor": float(params["factor"])}  # 4.37 rejects an int factor
     else:
         scaling = {"type": rope_type, **params}
-    return {"rope_theta": theta, "rope_scaling": scaling}
+    return {"rope_theta": theta, "rope_scaling": scaling, **partial}
 
 
 class LegacyRopeConfigMixin:
@@ -57,7 +60,7 @@ class LegacyRopeConfigMixin:
         mirror = {key: kwargs.pop(key) for key in LEGACY_ROPE_KEYS if key in kwargs}
         if mirror and self.rope_parameters:
             expected = legacy_rope_entries(self.rope_parameters)
-            differing = {key: value for key, value in mirror.items() if value != expected[key]}
+            differing = {key: value for key, value in mirror.items() if value != expected.get(key)}
             if differing:
                 raise ValueError(
                     f"{self.model_type} config: the top-level {differing} (read by transformers 4.x) "
