@@ -115,6 +115,62 @@ def test_planted_word_mixtures_are_recovered_with_precision_and_recall_one():
     assert decomposition["label_tokens_outside_dictionary"] == 1  # id 99 is not a dictionary word
 
 
+def test_a_negative_coefficient_word_is_reported_apart_not_recovered():
+    # x = 2·e_red − 1·e_box on a patch labelled 'red box': 'box' enters with a negative coefficient
+    tokens = torch.stack([torch.eye(D)[0] * 2 - torch.eye(D)[1]])
+    runner = _accumulator(pursuit="mp", max_atoms=4)
+    runner.add_tokens(tokens, tokens)
+    runner.add_image(tokens, torch.eye(D)[[0]] * 2.0, torch.tensor([[True]]), [[10, 11]])
+    decomposition = runner.result()["decomposition"]
+    assert (decomposition["true_positives"], decomposition["recovered_total"]) == (1, 1)
+    assert decomposition["word_precision"] == 1.0 and decomposition["word_recall"] == 0.5
+    assert (decomposition["negative_true_positives"], decomposition["negative_recovered_total"]) == (1, 1)
+    assert decomposition["any_sign_word_recall"] == 1.0  # what the sign-blind count claimed
+
+
+def test_entropy_variants_per_image_and_pooled_and_over_caption_token_sets():
+    # two images of 2 orthonormal tokens each on disjoint axes: per image log 2, pooled log 4
+    images = torch.eye(D)[:4].reshape(2, 2, D)
+    runner = _accumulator()
+    runner.add_image_tokens(images[..., :4], images)
+    tokens, embeddings, masks, label_ids = _two_region_image()
+    runner.add_image(tokens, embeddings, masks, label_ids)
+    runner.add_caption_tokens(torch.eye(D)[:3])  # one 3-token caption: log 3, normalised 1
+    runner.add_caption_tokens(torch.eye(D)[:1])  # one token: skipped, counted
+    entropy = runner.result()["entropy"]
+    assert entropy["vision"]["per_set"]["uncentred_mean"] == pytest.approx(math.log(2), abs=1e-12)
+    assert entropy["projected"]["pooled"]["uncentred"] == pytest.approx(math.log(4), abs=1e-12)
+    assert entropy["vision"]["pooled"]["uncentred_normalized"] == pytest.approx(1.0, abs=1e-12)  # D_v = 4
+    # the ceiling is log min(N, D) = log 4 on both sides although D = 6 > D_v = 4
+    assert entropy["projected"]["pooled"]["uncentred_normalized"] == pytest.approx(1.0, abs=1e-12)
+    assert entropy["delta_h"]["per_set_uncentred_normalized"] == pytest.approx(0.0, abs=1e-12)
+    assert entropy["words"]["pooled"]["uncentred"] == pytest.approx(math.log(D), abs=1e-12)
+    captions = entropy["captions"]
+    assert captions["per_set"]["uncentred_mean"] == pytest.approx(math.log(3), abs=1e-12)
+    assert captions["per_set"]["uncentred_normalized_mean"] == pytest.approx(1.0, abs=1e-12)
+    assert (captions["per_set"]["sets"], captions["per_set"]["sets_skipped"]) == (1, 1)
+    assert captions["pooled"]["tokens"] == 4
+
+
+def test_report_marks_alignment_at_or_below_chance_and_tables_the_entropy_variants():
+    from patch_align.analysis.cli import format_report
+
+    tokens, embeddings, masks, label_ids = _two_region_image()
+    runner = _accumulator()
+    runner.add_image_tokens(tokens.unsqueeze(0), tokens.unsqueeze(0))
+    runner.add_image(tokens, embeddings.flip(0), masks, label_ids)  # labels swapped: IoU 0, below chance
+    metrics = runner.result()
+    metrics["data"] = {"images": 1}
+    metrics["run"] = {"model_path": "m", "model_base": None, "projector": None, "pad": "p",
+                      "image_folder": "i", "aspect_mode": "pad", "patch_grid": [2, 2], "patch_size": 1,
+                      "select_feature": "patch", "device": "cpu"}
+    report = format_report(metrics)
+    chance = metrics["alignment"]["chance_miou"]
+    assert f"- Align mIoU 0.0000 vs {chance:.4f} by chance: ≤ baseline (chance)" in report
+    assert "- pointing accuracy 0.0000 vs 0.5000 by chance: ≤ baseline (chance)" in report
+    assert "| projected | per_set |" in report and "| ΔH vision − projected | pooled |" in report
+
+
 def test_probes_on_tokens_equal_to_words_have_zero_gap_and_hit_the_label():
     tokens, embeddings, masks, label_ids = _two_region_image()
     tokens = embeddings[[0, 0, 1, 1]]

@@ -38,13 +38,20 @@ COMPARED_METRICS = (
     ("compression", "h_projected", "H_projected (nats)"),
     ("compression", "h_words", "H_words (nats)"),
     ("compression", "delta_h", "ΔH = H_vision − H_projected"),
+    ("entropy", "vision.per_set.uncentred_normalized_mean", "H_vision per image / log min(N, D)"),
+    ("entropy", "projected.per_set.uncentred_normalized_mean", "H_projected per image / log min(N, D)"),
+    ("entropy", "delta_h.per_set_uncentred_normalized", "ΔH per image, normalised"),
+    ("entropy", "delta_h.pooled_centred_normalized", "ΔH pooled centred, normalised"),
     ("alignment", "miou", "Align mIoU"),
+    ("alignment", "chance_miou", "Align mIoU by chance"),
     ("alignment", "pointing_accuracy", "pointing accuracy"),
+    ("alignment", "chance_pointing_accuracy", "pointing by chance"),
     ("alignment", "mean_cos_inside", "mean cos inside"),
     ("alignment", "mean_cos_outside", "mean cos outside"),
     ("decomposition", "mean_explained_variance", "MP explained variance"),
     ("decomposition", "word_precision", "MP word precision"),
     ("decomposition", "word_recall", "MP word recall"),
+    ("decomposition", "negative_true_positives", "MP label words with a negative coefficient"),
     ("probes", "embedding_gap", "embedding gap"),
     ("probes", "nearest_word_is_label_rate", "nearest word is a label word"),
     ("alignment", "regions_scored", "regions scored"),
@@ -126,6 +133,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=default["entropy_order"],
         help="Rényi order, 1 = von Neumann (default %(default)s)",
+    )
+    entropy.add_argument(
+        "--caption-file",
+        default=default["caption_file"],
+        help="LLaVA JSON whose answer turns are the text-side token sets (e.g. the world's pretrain.json): "
+        "adds per-caption and pooled caption entropies beside the word table's",
+    )
+    entropy.add_argument(
+        "--max-captions", type=int, default=default["max_captions"], metavar="N", help="first N captions only"
     )
     align = analyze.add_argument_group("alignment")
     align.add_argument(
@@ -220,6 +236,8 @@ def options_from_args(args: argparse.Namespace):
         word_min_chars=args.word_min_chars,
         example_images=args.examples,
         words_per_patch=args.words_per_patch,
+        caption_file=args.caption_file,
+        max_captions=args.max_captions,
         **{name: value for name, value in switches.items() if value is not None},
     )
 
@@ -244,7 +262,7 @@ def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     out = output_folder(args.out)
     try:
         check_wandb_available(args.report_to)
-        check_analysis_inputs(args.pad, args.image_folder)
+        check_analysis_inputs(args.pad, args.image_folder, options.caption_file)
         model = load_analysis_model(args.model_path, args.model_base, args.projector, args.device)
         result = run_analysis(model, args.pad, args.image_folder, options, progress=not args.no_progress)
     except (AnalysisInputError, PadFormatError, ValueError, OSError) as err:
@@ -289,6 +307,40 @@ def _table(rows: list[tuple[str, Any]]) -> list[str]:
     ]
 
 
+def _lookup(metrics: Mapping[str, Any], section: str, key: str) -> Any:
+    """metrics[section] then each dot-separated part of key; None where a part is missing."""
+    value: Any = metrics.get(section)
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
+
+
+def _versus_chance(name: str, value: float, chance: float | None) -> str:
+    from patch_align.evaluation.baselines import BASELINE_MARK, at_or_below
+
+    if chance is None:
+        return f"{name} {value:.4f} (no chance line for this assignment rule)"
+    mark = f": {BASELINE_MARK} (chance)" if at_or_below(value, chance) else ": above chance"
+    return f"{name} {value:.4f} vs {chance:.4f} by chance{mark}"
+
+
+def _entropy_table(entropy: Mapping[str, Any]) -> list[str]:
+    """Rows side × scope, columns the four variants (nats; normalised: ÷ log min(N, D))."""
+    variants = ("uncentred", "centred", "uncentred_normalized", "centred_normalized")
+    lines = ["| tokens | scope | " + " | ".join(variants) + " |", "| --- | --- |" + " --- |" * len(variants)]
+    for side in ("vision", "projected", "words", "captions"):
+        for scope, suffix in (("pooled", ""), ("per_set", "_mean")):
+            values = (entropy.get(side) or {}).get(scope)
+            if values:
+                cells = [_number(values.get(v + suffix)) for v in variants]
+                lines.append(f"| {side} | {scope} | " + " | ".join(cells) + " |")
+    delta = entropy.get("delta_h", {})
+    for scope in ("pooled", "per_set"):
+        cells = [_number(delta.get(f"{scope}_{v}")) for v in variants]
+        lines.append(f"| ΔH vision − projected | {scope} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def format_report(metrics: Mapping[str, Any]) -> str:
     """report.md of one run: its inputs, every metric section as a table, and its figures."""
     from patch_align.analysis.figures import MIOU_NO_ALIGNMENT
@@ -315,6 +367,14 @@ def format_report(metrics: Mapping[str, Any]) -> str:
         f"Align mIoU {miou:.4f}: {verdict}.",
         "",
     ]
+    alignment = metrics["alignment"]
+    if "chance_pointing_accuracy" in alignment:  # metrics.json files from before the chance lines lack it
+        lines += [
+            "- " + _versus_chance("Align mIoU", miou, alignment.get("chance_miou")),
+            "- " + _versus_chance("pointing accuracy", alignment["pointing_accuracy"],
+                                  alignment["chance_pointing_accuracy"]),
+            "",
+        ]
     for title, section in (
         ("Compression", "compression"),
         ("Alignment", "alignment"),
@@ -323,6 +383,9 @@ def format_report(metrics: Mapping[str, Any]) -> str:
     ):
         rows = [(key, value) for key, value in metrics[section].items() if key != "top_nearest_words"]
         lines += [f"## {title}", "", *_table(rows), ""]
+        if section == "compression" and "entropy" in metrics:
+            table = _entropy_table(metrics["entropy"])
+            lines += ["### Entropy variants (docs/metrics.md §1b)", "", *table, ""]
     words = metrics["probes"]["top_nearest_words"]
     lines += ["Most frequent nearest words: " + ", ".join(f"{w} ({c})" for w, c in words), ""]
     lines += ["## Data", "", *_table(list(data.items())), ""]
@@ -368,7 +431,7 @@ def format_comparison(runs: Mapping[str, Mapping[str, Any]]) -> str:
         "| --- |" + " --- |" * len(names),
     ]
     for section, key, title in COMPARED_METRICS:
-        cells = [_number(runs[n].get(section, {}).get(key)) for n in names]
+        cells = [_number(_lookup(runs[n], section, key)) for n in names]
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
     lines += ["", "Runs:", ""]
     lines += [f"- {n}: model `{runs[n].get('run', {}).get('model_path')}`" for n in names]

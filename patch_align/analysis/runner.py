@@ -29,13 +29,19 @@ from PIL import Image
 from patch_align.analysis.alignment import AlignmentAccumulator, cosine_maps, image_alignment
 from patch_align.analysis.alignment import predict_region_masks as predict_masks
 from patch_align.analysis.decomposition import (
+    atoms_by_sign,
     matching_pursuit,
     orthogonal_matching_pursuit,
     word_match_counts,
     word_scores,
     word_token_ids,
 )
-from patch_align.analysis.entropy import SecondMomentAccumulator, compression_report
+from patch_align.analysis.entropy import (
+    SecondMomentAccumulator,
+    TokenSetEntropy,
+    compression_report,
+    pooled_entropies,
+)
 from patch_align.analysis.probes import nearest_word_distances, nearest_words
 from patch_align.geometry import (
     DEFAULT_PATCH_MASK_THRESHOLD,
@@ -72,6 +78,8 @@ class AnalysisOptions:
     word_min_chars, word_alpha_only: the vocabulary filter ``word_token_ids``.
     example_images: how many images keep their maps for the figures; words_per_patch: MP words
     shown per patch in those figures.
+    caption_file: a LLaVA JSON whose answer turns are the text token sets of the caption-side
+    entropies (None: the word table only); max_captions: read at most this many of them.
     """
 
     batch_size: int = 8
@@ -94,6 +102,8 @@ class AnalysisOptions:
     word_alpha_only: bool = True
     example_images: int = 4
     words_per_patch: int = 2
+    caption_file: str | None = None
+    max_captions: int | None = None
 
     def __post_init__(self) -> None:
         positive = {
@@ -105,8 +115,10 @@ class AnalysisOptions:
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        if self.max_images is not None and self.max_images < 1:
-            raise ValueError(f"max_images must be >= 1, got {self.max_images}")
+        for name in ("max_images", "max_captions"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         if self.example_images < 0:
             raise ValueError(f"example_images must be >= 0, got {self.example_images}")
         if self.on_error not in ON_ERROR:
@@ -211,12 +223,19 @@ class AnalysisAccumulator:
             self._h_words.update(rows)
         self._h_vision: SecondMomentAccumulator | None = None
         self._h_projected = SecondMomentAccumulator(self.dictionary.shape[1], **entropy)
+        per_set = {"normalize": options.entropy_normalize, "order": options.entropy_order}
+        self._sets_vision = TokenSetEntropy(**per_set)
+        self._sets_projected = TokenSetEntropy(**per_set)
+        self._sets_captions = TokenSetEntropy(**per_set)
+        self._h_captions = SecondMomentAccumulator(self.dictionary.shape[1], **entropy)
         self.alignment = AlignmentAccumulator(**options.alignment_options())
         self._pursuit = orthogonal_matching_pursuit if options.pursuit == "omp" else matching_pursuit
         self._patches = 0
         self._explained_sum = 0.0
         self._atoms_sum = 0
         self._word_counts = Counter(word_match_counts([], []))  # every count, at 0
+        self._negative_counts = Counter(word_match_counts([], []))
+        self._any_sign_counts = Counter(word_match_counts([], []))
         self._label_tokens_outside_dictionary = 0
         self._distance_sum = 0.0
         self._nearest_counts: Counter[int] = Counter()
@@ -233,6 +252,18 @@ class AnalysisAccumulator:
             )
         self._h_vision.update(vision_tokens.float())
         self._h_projected.update(projected_tokens.float())
+
+    def add_image_tokens(self, vision_tokens: torch.Tensor, projected_tokens: torch.Tensor) -> None:
+        """A batch of images' tokens, vision (B, N, C) and projected (B, N, D): the pooled entropies
+        of ``add_tokens`` and the per-image ones (each image its own token set)."""
+        self.add_tokens(vision_tokens.flatten(0, 1), projected_tokens.flatten(0, 1))
+        self._sets_vision.update(vision_tokens.float())
+        self._sets_projected.update(projected_tokens.float())
+
+    def add_caption_tokens(self, caption_tokens: torch.Tensor) -> None:
+        """The input embeddings (L, D) of one caption's tokens: a text-side token set."""
+        self._h_captions.update(caption_tokens.to(device=self.dictionary.device, dtype=torch.float32))
+        self._sets_captions.update(caption_tokens.float())
 
     def add_image(
         self,
@@ -292,7 +323,10 @@ class AnalysisAccumulator:
         self._patches += patch_tokens.shape[0]
         self._explained_sum += float(code.explained_variance.sum())
         self._atoms_sum += int(code.atoms_used.sum())
-        self._word_counts.update(word_match_counts(code.atom_ids, truth))
+        signed = atoms_by_sign(code)
+        self._word_counts.update(word_match_counts(signed.positive_ids, truth))
+        self._negative_counts.update(word_match_counts(signed.negative_ids, truth))
+        self._any_sign_counts.update(word_match_counts(code.atom_ids, truth))
 
     def _probe(self, patch_tokens: torch.Tensor, truth: list[set[int]]) -> None:
         nearest, _ = nearest_words(patch_tokens, self.dictionary, top_k=1, chunk_size=self.options.chunk_size)
@@ -337,6 +371,10 @@ class AnalysisAccumulator:
             "word_recall": scores["recall"],
             "word_f1": scores["f1"],
             **counts,
+            "negative_true_positives": self._negative_counts["true_positives"],
+            "negative_recovered_total": self._negative_counts["recovered_total"],
+            "any_sign_word_precision": word_scores(self._any_sign_counts)["precision"],
+            "any_sign_word_recall": word_scores(self._any_sign_counts)["recall"],
             "label_tokens_outside_dictionary": self._label_tokens_outside_dictionary,
         }
         probes = {
@@ -353,6 +391,7 @@ class AnalysisAccumulator:
         }
         return {
             "compression": compression,
+            "entropy": self.entropy_variants(),
             "alignment": self.alignment.result(),
             "decomposition": decomposition,
             "probes": probes,
@@ -362,6 +401,42 @@ class AnalysisAccumulator:
                 "alpha_only": self.options.word_alpha_only,
             },
         }
+
+    def entropy_variants(self) -> dict[str, Any]:
+        """Every entropy variant of docs/metrics.md §1b: per side, ``pooled`` (one density matrix
+        over all tokens, see ``pooled_entropies``) and ``per_set`` (each image or caption its own,
+        see ``TokenSetEntropy``); ``delta_h`` vision − projected for each comparable variant.
+
+        Sides: ``vision``, ``projected``, ``words`` (the dictionary table, pooled only) and
+        ``captions`` (None without ``caption_file``)."""
+        order = self.options.entropy_order
+        if self._h_vision is None:
+            raise ValueError("no image was analysed")
+        sides: dict[str, Any] = {
+            "vision": {
+                "pooled": pooled_entropies(self._h_vision, order),
+                "per_set": self._sets_vision.result(),
+            },
+            "projected": {
+                "pooled": pooled_entropies(self._h_projected, order),
+                "per_set": self._sets_projected.result(),
+            },
+            "words": {"pooled": pooled_entropies(self._h_words, order), "per_set": None},
+            "captions": None,
+        }
+        if self._h_captions.count:
+            sides["captions"] = {
+                "pooled": pooled_entropies(self._h_captions, order),
+                "per_set": self._sets_captions.result(),
+            }
+        delta: dict[str, float | None] = {}
+        for scope, suffix in (("pooled", ""), ("per_set", "_mean")):
+            for variant in ("uncentred", "centred", "uncentred_normalized", "centred_normalized"):
+                a = sides["vision"][scope][variant + suffix]
+                b = sides["projected"][scope][variant + suffix]
+                delta[f"{scope}_{variant}"] = a - b if a is not None and b is not None else None
+        sides["delta_h"] = delta
+        return sides
 
     def example(
         self,
@@ -379,9 +454,9 @@ class AnalysisAccumulator:
         options = self.options.alignment_options()
         cosines = cosine_maps(patch_tokens, label_embeddings)
         scores = image_alignment(patch_tokens, label_embeddings, masks, **options)
-        code = self.pursue(patch_tokens)
+        signed = atoms_by_sign(self.pursue(patch_tokens))
         patch_words = []
-        for atoms, coefs in zip(code.atom_ids.tolist(), code.coefficients.abs().tolist(), strict=True):
+        for atoms, coefs in zip(signed.positive_ids.tolist(), signed.net_coefficients.tolist(), strict=True):
             ranked = sorted((c, a) for a, c in zip(atoms, coefs, strict=True) if a >= 0)[::-1]
             words: list[str] = []
             for _, atom in ranked:
@@ -601,12 +676,42 @@ class AnalysisResult:
     examples: list[ImageExample]
 
 
-def check_analysis_inputs(pad_path: str | Path, image_folder: str | Path) -> None:
-    """`AnalysisInputError` when the PAD file or the image folder is missing (cheap: before a model loads)."""
+def check_analysis_inputs(
+    pad_path: str | Path, image_folder: str | Path, caption_file: str | Path | None = None
+) -> list[str] | None:
+    """`AnalysisInputError` when the PAD file, the image folder or the caption file is missing or
+    (captions) unreadable — cheap, before a model loads. Returns the captions (None without a file):
+    every answer turn of the LLaVA JSON, in file order."""
     if not Path(pad_path).is_file():
         raise AnalysisInputError(f"PAD file {pad_path} does not exist")
     if not Path(image_folder).is_dir():
         raise AnalysisInputError(f"image folder {image_folder} is not a directory")
+    if caption_file is None:
+        return None
+    from llava.train.llava_json import load_llava_json
+
+    if not Path(caption_file).is_file():
+        raise AnalysisInputError(f"caption file {caption_file} does not exist")
+    try:
+        records = load_llava_json(caption_file)
+    except ValueError as err:
+        raise AnalysisInputError(f"caption file {caption_file}: {err}") from err
+    captions = [turn["value"] for r in records for turn in r["conversations"] if turn["from"] == "gpt"]
+    if not captions:
+        raise AnalysisInputError(f"caption file {caption_file} has no answer ('gpt') turn")
+    return captions
+
+
+def _add_captions(accumulator: AnalysisAccumulator, analysis: AnalysisModel, captions: list[str]) -> int:
+    """Feed each caption's token embeddings (no BOS/EOS, as a label is embedded) as one token set."""
+    embedding = analysis.model.get_input_embeddings()
+    for text in captions:
+        ids = analysis.tokenizer(text, add_special_tokens=False).input_ids
+        with torch.no_grad():  # an empty or one-token caption is a skipped, counted set
+            accumulator.add_caption_tokens(
+                embedding(torch.tensor(ids, dtype=torch.long, device=embedding.weight.device))
+            )
+    return len(captions)
 
 
 def run_analysis(
@@ -621,7 +726,7 @@ def run_analysis(
     from tqdm import tqdm
 
     options = options or AnalysisOptions()
-    check_analysis_inputs(pad_path, image_folder)
+    captions = check_analysis_inputs(pad_path, image_folder, options.caption_file)
     pad_path, image_folder = Path(pad_path), Path(image_folder)
     accumulator = AnalysisAccumulator(*analysis.word_dictionary(options), options)
     counts = RegionCounts()
@@ -637,7 +742,7 @@ def run_analysis(
                     f"the tower gives {projected.shape[1]} tokens per image, the patch grid "
                     f"{rows}x{cols} (+{offset} CLS) needs {offset + rows * cols}"
                 )
-            accumulator.add_tokens(vision.flatten(0, 1), projected.flatten(0, 1))
+            accumulator.add_image_tokens(vision, projected)
             for prepared, tokens in zip(batch, projected, strict=True):
                 patch_tokens = tokens[offset:]
                 label_embeddings = analysis.label_embeddings(prepared.label_token_ids)
@@ -661,6 +766,8 @@ def run_analysis(
             f"{pad_path}: no region could be scored over {images} images ({counts.outside_view} outside the "
             f"model's view, {counts.skipped_bad} bad); alignment needs at least one region"
         )
+    if captions is not None:
+        _add_captions(accumulator, analysis, captions[: options.max_captions])
     metrics = accumulator.result()
     metrics["data"] = {
         "images": images,
