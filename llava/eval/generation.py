@@ -3,7 +3,9 @@
 Prompts are already rendered by a chat template (this module knows no templates). Rows of a
 batch are left-padded with an attention mask, so a prompt's greedy answer does not depend on
 which other prompts share its batch: batched greedy output equals one-at-a-time output token
-for token. Answers are cut at the first EOS and at the first stop string.
+for token. Answers are cut at the first EOS and at the first stop string. A stop string that is
+one special token of the tokenizer (a family template's turn end: `<|eot_id|>`, `<|im_end|>`,
+`<end_of_turn>`, `<|end|>`) ends generation like EOS does, and is cut from the token ids too.
 """
 
 from __future__ import annotations
@@ -88,10 +90,21 @@ def _pad_token_id(tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
-def _strip_finished(row: list[int], eos_id: int | None, pad_id: int) -> list[int]:
-    """New tokens up to (not including) the first EOS; trailing pads of a row that stopped early go too."""
-    if eos_id is not None and eos_id in row:
-        row = row[: row.index(eos_id)]
+def stop_token_ids(tokenizer, stop_strings: Sequence[str]) -> list[int]:
+    """The ids that end an answer: EOS, then each stop string that is one special token, in order."""
+    special_ids = {index for index, token in tokenizer.added_tokens_decoder.items() if token.special}
+    ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    for stop in stop_strings:
+        encoded = tokenizer(stop, add_special_tokens=False).input_ids
+        if len(encoded) == 1 and encoded[0] in special_ids and encoded[0] not in ids:
+            ids.append(encoded[0])
+    return ids
+
+
+def _strip_finished(row: list[int], stop_ids: Sequence[int], pad_id: int) -> list[int]:
+    """New tokens up to (not including) the first stop id; trailing pads of a row that stopped early go."""
+    cut = min((row.index(stop) for stop in stop_ids if stop in row), default=len(row))
+    row = row[:cut]
     while row and row[-1] == pad_id:
         row = row[:-1]
     return row
@@ -108,7 +121,7 @@ def generate_token_ids(
     *,
     streamer=None,
 ) -> list[list[int]]:
-    """Generate for ONE batch; returns each row's new token ids (EOS and padding removed).
+    """Generate for ONE batch; returns each row's new token ids (EOS, stop token and padding removed).
 
     `input_ids`: per row a 1-D id tensor with IMAGE_TOKEN_INDEX where images go.
     `pixel_values`: per row `(n_i, 3, H, W)` for its n_i images, or None for a text-only row.
@@ -137,12 +150,13 @@ def generate_token_ids(
         stopping = StoppingCriteriaList(
             [KeywordsStoppingCriteria(list(settings.stop_strings), tokenizer, empty_prompt)]
         )
+    stop_ids = stop_token_ids(tokenizer, settings.stop_strings)
     output = model.generate(
         ids.to(device),
         attention_mask=mask.to(device),
         **image_kwargs,
         pad_token_id=pad_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=stop_ids or None,
         stopping_criteria=stopping,
         streamer=streamer,
         **settings.generate_kwargs(),
@@ -150,7 +164,7 @@ def generate_token_ids(
     if not isinstance(model, LlavaMetaForCausalLM):
         # A plain language model generates from ids and returns the prompt in front; LLaVA does not.
         output = output[:, ids.shape[1] :]
-    return [_strip_finished(row, tokenizer.eos_token_id, pad_id) for row in output.tolist()]
+    return [_strip_finished(row, stop_ids, pad_id) for row in output.tolist()]
 
 
 def decode_answers(tokenizer, token_ids: Sequence[list[int]], stop_strings: Sequence[str] = ()) -> list[str]:
