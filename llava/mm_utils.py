@@ -56,6 +56,28 @@ class ProcessorGeometry:
         """(height, width) of the processor's output, the tower's input."""
         return self.crop or self.resize_to
 
+    def describe(self) -> str:
+        """Words for error messages, e.g. "resizes the shortest edge to 336 and centre crops 336x336"."""
+        if self.resize_to is not None:
+            words = f"resizes to {self.resize_to[0]}x{self.resize_to[1]} (height x width)"
+        else:
+            words = f"resizes the shortest edge to {self.shortest_edge}"
+        if self.crop is None:
+            return words + " without a crop"
+        return words + f" and centre crops {self.crop[0]}x{self.crop[1]}"
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (pairs as lists), read back by `from_dict`."""
+        return {"shortest_edge": self.shortest_edge,
+                "resize_to": list(self.resize_to) if self.resize_to else None,
+                "crop": list(self.crop) if self.crop else None}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ProcessorGeometry:
+        resize_to, crop = values.get("resize_to"), values.get("crop")
+        return cls(shortest_edge=values.get("shortest_edge"),
+                   resize_to=tuple(resize_to) if resize_to else None, crop=tuple(crop) if crop else None)
+
 
 def processor_geometry(image_processor: Any) -> ProcessorGeometry:
     """Read the resize and crop of a transformers image processor (CLIP- or SigLIP-style).

@@ -40,12 +40,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from llava.mm_utils import processor_input_size
+from llava.mm_utils import ProcessorGeometry, processor_geometry, processor_input_size
 from llava.train.data import DataCollatorForSupervisedDataset, LazySupervisedDataset
 from llava.train.llava_trainer import unwrap_peft
 from patch_align.geometry import (
     coverage_to_patch_mask,
     mask_to_patch_coverage,
+    patch_placement,
     processor_transform,
     vision_token_offset,
 )
@@ -306,6 +307,33 @@ class PadAlignedDataset(LazySupervisedDataset):
         log("PAD coverage of %s: %s", self.data_path, coverage.describe())
         return coverage
 
+    def _check_sea_preprocessing(self, labels: SeaLabels, where: str) -> None:
+        """The labeller's processor must put patch (row, col) where the training tower's does
+        (`patch_placement`): in `square` mode a CLIP labeller crops a non-square image, SigLIP stretches."""
+        mode = self.grid.aspect_mode
+        training = processor_geometry(self.grid.image_processor)
+        recorded = labels.settings.get("preprocessing")
+        if recorded is None:
+            # labels made before the labeller's preprocessing was recorded: all by a CLIP processor,
+            # whose sizes are unknown; accepted, as then, for a tower that resizes and crops as CLIP does
+            if training.shortest_edge is None:
+                raise SeaLabelError(
+                    f"{where} does not record its labeller's preprocessing, and the vision tower's "
+                    f"processor ({type(self.grid.image_processor).__name__}) does not crop as CLIP's: "
+                    "label again with this patch-align to check that the patches match"
+                )
+            return
+        labelled = ProcessorGeometry.from_dict(recorded)
+        if patch_placement(labelled, recorded["patch_size"], mode) != patch_placement(
+            training, self.grid.patch_size, mode
+        ):
+            raise SeaLabelError(
+                f"{where} was labelled with a processor that {labelled.describe()} "
+                f"({recorded['patch_size']}-px patches), the vision tower's "
+                f"{training.describe()} ({self.grid.patch_size}-px patches): with "
+                f"--image_aspect_ratio {mode} patch (row, col) would not cover the same pixels"
+            )
+
     def _check_sea_labels(self, labels: SeaLabels) -> None:
         where = f"--sea_labels {labels.out_dir}"
         if labels.grid != self.grid.grid_shape:
@@ -319,6 +347,7 @@ class PadAlignedDataset(LazySupervisedDataset):
                 f"{where} was labelled with --image-aspect-ratio {geometry}, training uses "
                 f"--image_aspect_ratio {self.grid.aspect_mode}: patch (row, col) would not match"
             )
+        self._check_sea_preprocessing(labels, where)
         missing = [
             self.sample_id(i)
             for i, sample in enumerate(self.list_data_dict)

@@ -24,6 +24,7 @@ axis-aligned affine map from original pixels to model-input pixels.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, Literal
 
 import numpy as np
@@ -109,6 +110,24 @@ def processor_transform(width: int, height: int, mode: AspectMode, image_process
     (`processor_geometry`: CLIP's shortest edge + centre crop, SigLIP's resize to height × width);
     `ValueError` for a processor whose output has no fixed size."""
     return geometry_transform(width, height, mode, processor_geometry(image_processor))
+
+
+def patch_placement(geometry: ProcessorGeometry, patch_size: int, mode: AspectMode) -> tuple:
+    """Where a processor's patches land on an image under `mode`, independent of its pixel size.
+
+    Two (processor, patch size) pairs with equal placements put patch (row, col) on the same part
+    of every image (up to the sub-pixel floors of the resize and crop): e.g. CLIP 224 px / 16-px
+    patches and CLIP 336 px / 24-px patches do, CLIP and SigLIP do in `pad` mode when CLIP's crop
+    is its whole resize, never in `square` mode (CLIP crops a non-square image, SigLIP stretches it).
+    Per axis (rows, columns): the crop's start and the patch side as exact fractions of the resized
+    length, and the patch count; with `square` also the resize kind (aspect kept or not).
+    """
+    resize = geometry.resize_to or (geometry.shortest_edge, geometry.shortest_edge)
+    axes = tuple((Fraction(length - kept, 2 * length), Fraction(patch_size, length), kept // patch_size)
+                 for length, kept in zip(resize, geometry.input_size, strict=True))
+    if mode == "pad":  # the canvas is square: both resize kinds scale it the same way
+        return axes
+    return ("shortest_edge" if geometry.resize_to is None else "resize_to", *axes)
 
 
 def _prefix_sums_at(values: np.ndarray, points: np.ndarray, axis: int) -> np.ndarray:

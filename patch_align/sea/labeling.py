@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from llava.mm_utils import process_images
+from llava.mm_utils import process_images, processor_geometry
 from llava.train.llava_json import image_samples
 from patch_align.sea.store import (
     INDEX_FILE,
@@ -209,12 +209,15 @@ def label_dataset(clip_dir: str | Path, vocab_path: str | Path, data_path: str |
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer, image_processor = load_clip(clip_dir, device)
     patch = model.config.vision_config.patch_size
-    crop = image_processor.crop_size
+    preprocessing = processor_geometry(image_processor)
+    rows, cols = preprocessing.input_size
     settings = {
         "clip": str(Path(clip_dir).resolve()), "data": str(Path(data_path).resolve()),
         "vocab_size": len(words), "vocab_sha256": _vocabulary_digest(words), "top_n": top_n,
         "sign": sign, "image_aspect_ratio": image_aspect_ratio, "prompt_template": prompt_template,
-        "grid": [crop["height"] // patch, crop["width"] // patch], "shard_size": shard_size,
+        "grid": [rows // patch, cols // patch], "shard_size": shard_size,
+        # the training tower must place its patches the same way (PadAlignedDataset checks)
+        "preprocessing": {**preprocessing.as_dict(), "patch_size": patch},
         "num_records": len(records),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
