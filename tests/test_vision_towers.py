@@ -10,7 +10,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from llava.model.multimodal_encoder.builder import VISION_TOWERS, build_vision_tower, vision_tower_type
+from llava.model.multimodal_encoder.builder import (
+    VISION_TOWERS,
+    build_vision_tower,
+    check_vision_tower,
+    vision_tower_type,
+)
 from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
 from llava.model.multimodal_encoder.siglip_encoder import SiglipVisionTower
 from llava.tiny import build_tiny_clip, build_tiny_siglip
@@ -146,3 +151,13 @@ def test_a_delayed_tower_knows_its_grid_and_width_from_the_config_alone(towers):
     tower = build_vision_tower(tower_args(towers["siglip"]), delay_load=True)
     assert (tower.hidden_size, tower.num_patches_per_side, tower.config.vision_use_head) == (32, 4, False)
     assert not hasattr(tower, "vision_tower")
+
+
+def test_the_checks_before_loading_read_only_the_towers_config(towers, tmp_path):
+    config_only = tmp_path / "siglip-config-only"
+    config_only.mkdir()
+    shutil.copy(towers["siglip"] / "config.json", config_only / "config.json")
+    assert check_vision_tower(tower_args(config_only)) is SiglipVisionTower
+    with pytest.raises(ValueError, match="^mm_vision_select_feature='cls_patch' is not supported by the "
+                                         "siglip_vision_model tower"):
+        check_vision_tower(tower_args(config_only, feature="cls_patch"))

@@ -57,11 +57,7 @@ class VisionTower(nn.Module):
         self.vision_tower_path = path or resolve_model_path(vision_tower, what=TOWER_FLAG)
         self.select_layer = args.mm_vision_select_layer
         self.select_feature = getattr(args, "mm_vision_select_feature", "patch")
-        if self.select_feature not in self.select_features:
-            raise ValueError(
-                f"mm_vision_select_feature={self.select_feature!r} is not supported by the "
-                f"{self.model_type} tower {vision_tower}; use one of {self.select_features}"
-            )
+        self.check_select_feature(self.select_feature, vision_tower)
         # Upstream's flag to load the tower right away even when delayed (used when it is trained).
         unfreeze = getattr(args, "unfreeze_mm_vision_tower", False)
         if not delay_load or unfreeze:
@@ -69,6 +65,15 @@ class VisionTower(nn.Module):
         else:
             overrides = self.model_overrides()
             self.cfg_only = self.config_class.from_pretrained(self.vision_tower_path, **overrides)
+
+    @classmethod
+    def check_select_feature(cls, select_feature: str, name: str) -> None:
+        """`ValueError` naming the tower `name` when it cannot honour `select_feature`."""
+        if select_feature not in cls.select_features:
+            raise ValueError(
+                f"mm_vision_select_feature={select_feature!r} is not supported by the "
+                f"{cls.model_type} tower {name}; use one of {cls.select_features}"
+            )
 
     @classmethod
     def model_overrides(cls) -> dict[str, Any]:

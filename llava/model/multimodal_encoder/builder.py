@@ -72,6 +72,16 @@ def vision_tower_class(vision_tower_cfg: Any) -> tuple[type[VisionTower], str]:
     return VISION_TOWERS[vision_tower_type(path, name)], path
 
 
+def check_vision_tower(vision_tower_cfg: Any) -> type[VisionTower]:
+    """The checks a tower needs before any model loads (its config.json only): the folder or hub id
+    resolves, its type has a wrapper, and the wrapper honours `mm_vision_select_feature`
+    (SigLIP has no CLS for `cls_patch`). Returns the wrapper class."""
+    tower_class, _ = vision_tower_class(vision_tower_cfg)
+    feature = getattr(vision_tower_cfg, "mm_vision_select_feature", "patch")
+    tower_class.check_select_feature(feature, tower_name(vision_tower_cfg))
+    return tower_class
+
+
 def build_vision_tower(vision_tower_cfg: Any, **kwargs: Any) -> VisionTower:
     """The tower wrapper for a local folder or a hub id, chosen by its config's `model_type`
     (`VISION_TOWERS`); `kwargs` go to the wrapper (`delay_load`)."""
