@@ -56,7 +56,7 @@ class _WordTable:
     ids = {"red": [4], "cat": [5, 6], "dog": [7], "sky": [8, 9]}
 
     def __call__(self, text, add_special_tokens=True):
-        return type("Encoding", (), {"input_ids": self.ids[text]})()
+        return type("Encoding", (), {"input_ids": self.ids[text.strip()]})()  # labels come after a space
 
 
 def test_vocabulary_targets_are_mean_token_embeddings():

@@ -1,10 +1,13 @@
 """Label targets in the LLM's input-embedding space: the mean of a label's token embeddings.
 
 Tokenisation (our choice; the paper is silent): a label is tokenised as a word in running
-text, `tokenizer(label.strip(), add_special_tokens=False)`: no BOS, no EOS, and no extra
-leading space added by us. LLaMA's SentencePiece tokenizer (Metaspace, prepend "first")
-already gives the first word its word-start marker, so "red box" yields exactly the ids
-that "red box" has inside a caption such as "a red box and ..." (tests check this).
+text, after a space: `tokenizer(" " + label.strip(), add_special_tokens=False)`, no BOS, no
+EOS. So "red box" yields exactly the ids that "red box" has inside a caption such as
+"a red box and ..." for every tokenizer type: byte-level BPE (Llama-3, Qwen2) marks the
+space in the word's token ("Ġred"), which the bare word would lack; Gemma's SentencePiece
+turns the space into its word-start marker ("▁red") and adds no dummy prefix itself;
+LLaMA's SentencePiece (Metaspace, prepend "first") gives " red" and "red" the same ids,
+so its labels are unchanged (tests check each kind).
 
 The embeddings are computed through the embedding *module* (`model.get_input_embeddings()`),
 never by reading its weight tensor: under DeepSpeed ZeRO-3 the weight is partitioned (shape
@@ -22,7 +25,11 @@ from torch import nn
 
 def tokenize_label(tokenizer, label: str) -> list[int]:
     """Token ids of `label` as a word in running text (no special tokens); [] when it has none."""
-    return list(tokenizer(label.strip(), add_special_tokens=False).input_ids)
+    label = label.strip()
+    if not label:
+        return []
+    # The space a caption puts before the word: byte-level and Gemma tokenizers keep it in the token.
+    return list(tokenizer(" " + label, add_special_tokens=False).input_ids)
 
 
 def pad_token_ids(
