@@ -192,8 +192,8 @@ def test_results_markdown_has_a_row_per_checkpoint_and_a_column_per_task_metric(
     assert table == results_markdown(suite_run["results"])
     header = next(line for line in table.splitlines() if line.startswith("| checkpoint | refcoco"))
     assert header == ("| checkpoint | refcoco: acc@0.5 | refcoco: acc@0.5 testA | refcoco: acc@0.5 val | "
-                      "refcoco: centre_in_box | vqav2: vqa_acc | sqa: option_acc | coco_caption: CIDEr | coco_caption: Bleu_4 | "
-                      "coco_caption: ROUGE_L |")
+                      "refcoco: centre_in_box | vqav2: vqa_acc | sqa: option_acc | coco_caption: CIDEr | "
+                      "coco_caption: Bleu_4 | coco_caption: ROUGE_L |")
     base_vqa = suite_run["results"]["checkpoints"]["base"]["tasks"]["vqav2"]["metrics"]["vqa_acc"]
     base_row = next(line for line in table.splitlines() if line.startswith("| base |")).split(" | ")
     assert base_row[5] == f"{100 * base_vqa:.1f}"
