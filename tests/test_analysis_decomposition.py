@@ -173,3 +173,39 @@ def test_precision_recall_rejects_mismatched_or_empty_inputs():
         precision_recall_of_words([[1]], [[]])
     with pytest.raises(ValueError, match="no word was recovered"):
         precision_recall_of_words([[-1]], [[3]])
+
+
+# Negative-coefficient atoms (issue 20): not counted as recovered words, reported apart.
+
+
+def test_a_planted_negative_coefficient_atom_is_not_a_recovered_word():
+    from patch_align.analysis.decomposition import atoms_by_sign, matching_pursuit, word_match_counts
+
+    dictionary = torch.eye(4)
+    token = torch.tensor([[3.0, -2.0, 0.0, 0.0]])  # word 0 with +3, word 1 with −2
+    code = matching_pursuit(token, dictionary, max_atoms=4)
+    assert code.atom_ids[0, :2].tolist() == [0, 1]
+    signed = atoms_by_sign(code)
+    assert signed.positive_ids[0].tolist() == [0, -1, -1, -1]
+    assert signed.negative_ids[0].tolist() == [-1, 1, -1, -1]
+    assert signed.net_coefficients[0, :2].tolist() == [3.0, -2.0]
+    truth = [{0, 1}]  # both words are labels of the patch
+    assert word_match_counts(signed.positive_ids, truth)["true_positives"] == 1
+    assert word_match_counts(signed.negative_ids, truth)["true_positives"] == 1
+    assert word_match_counts(code.atom_ids, truth)["true_positives"] == 2  # the old, sign-blind count
+
+
+def test_an_atom_picked_twice_counts_once_with_its_net_coefficient():
+    from patch_align.analysis.decomposition import PursuitResult, atoms_by_sign
+
+    code = PursuitResult(
+        atom_ids=torch.tensor([[2, 5, 2, -1], [7, 7, -1, -1]]),
+        coefficients=torch.tensor([[1.0, -0.5, -1.5, 0.0], [0.25, -0.25, 0.0, 0.0]]),
+        explained_variance=torch.zeros(2, dtype=torch.float64),
+        atoms_used=torch.tensor([3, 2]),
+    )
+    signed = atoms_by_sign(code)
+    # token 0: atom 2 nets 1 − 1.5 = −0.5 (negative), atom 5 −0.5; token 1: atom 7 nets 0 (neither)
+    assert signed.positive_ids.tolist() == [[-1, -1, -1, -1], [-1, -1, -1, -1]]
+    assert signed.negative_ids.tolist() == [[2, 5, -1, -1], [-1, -1, -1, -1]]
+    assert signed.net_coefficients.tolist() == [[-0.5, -0.5, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]

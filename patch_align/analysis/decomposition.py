@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PursuitResult",
+    "SignedAtoms",
+    "atoms_by_sign",
     "matching_pursuit",
     "orthogonal_matching_pursuit",
     "precision_recall_of_words",
@@ -46,6 +48,43 @@ class PursuitResult:
     coefficients: torch.Tensor
     explained_variance: torch.Tensor
     atoms_used: torch.Tensor
+
+
+@dataclass(frozen=True)
+class SignedAtoms:
+    """The distinct atoms of each code split by the sign of their net coefficient; K slots as in
+    ``PursuitResult``, each distinct atom in the slot of its first selection.
+
+    positive_ids / negative_ids: (..., K) long atom ids whose net coefficient is > 0 / < 0, else -1.
+    net_coefficients: (..., K) the atom's summed coefficient over all its selections (MP may pick
+        an atom again), 0 in unused and repeated slots.
+    """
+
+    positive_ids: torch.Tensor
+    negative_ids: torch.Tensor
+    net_coefficients: torch.Tensor
+
+
+def atoms_by_sign(code: PursuitResult) -> SignedAtoms:
+    """Split a code's atoms by the sign of their net coefficient.
+
+    An atom entering a token with a negative coefficient says the token points *away* from that
+    word; counting it as a recovered word (as the |coefficient| selection alone would) credits
+    anti-alignment, so the analysis counts positive atoms as recovered and reports negative ones
+    apart. An atom whose selections cancel exactly (net 0) is in neither set.
+    """
+    ids, coefs = code.atom_ids, code.coefficients
+    valid = ids >= 0
+    same = (ids.unsqueeze(-1) == ids.unsqueeze(-2)) & valid.unsqueeze(-1) & valid.unsqueeze(-2)
+    net = (same * coefs.unsqueeze(-2)).sum(dim=-1)
+    earlier = torch.ones(same.shape[-2:], dtype=torch.bool, device=ids.device).tril(-1)
+    first = valid & ~(same & earlier).any(dim=-1)
+    none = torch.full_like(ids, -1)
+    return SignedAtoms(
+        positive_ids=torch.where(first & (net > 0), ids, none),
+        negative_ids=torch.where(first & (net < 0), ids, none),
+        net_coefficients=torch.where(first, net, torch.zeros_like(net)),
+    )
 
 
 def _unit_atoms(dictionary: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
