@@ -6,6 +6,7 @@ Definitions of every number: docs/metrics.md.
 from patch_align.analysis.alignment import (
     AlignmentAccumulator,
     ImageAlignment,
+    chance_region_scores,
     cosine_maps,
     image_alignment,
     mask_iou,
@@ -13,6 +14,8 @@ from patch_align.analysis.alignment import (
 )
 from patch_align.analysis.decomposition import (
     PursuitResult,
+    SignedAtoms,
+    atoms_by_sign,
     matching_pursuit,
     orthogonal_matching_pursuit,
     precision_recall_of_words,
@@ -22,9 +25,13 @@ from patch_align.analysis.decomposition import (
 )
 from patch_align.analysis.entropy import (
     SecondMomentAccumulator,
+    TokenSetEntropy,
     compression_report,
     density_matrix,
+    entropy_ceiling,
     matrix_entropy,
+    pooled_entropies,
+    set_entropies,
     spectrum_entropy,
 )
 from patch_align.analysis.probes import embedding_gap, nearest_word_distances, nearest_words
@@ -34,10 +41,15 @@ __all__ = [
     "ImageAlignment",
     "PursuitResult",
     "SecondMomentAccumulator",
+    "SignedAtoms",
+    "TokenSetEntropy",
+    "atoms_by_sign",
+    "chance_region_scores",
     "compression_report",
     "cosine_maps",
     "density_matrix",
     "embedding_gap",
+    "entropy_ceiling",
     "image_alignment",
     "mask_iou",
     "matching_pursuit",
@@ -45,8 +57,10 @@ __all__ = [
     "nearest_word_distances",
     "nearest_words",
     "orthogonal_matching_pursuit",
+    "pooled_entropies",
     "precision_recall_of_words",
     "predict_region_masks",
+    "set_entropies",
     "spectrum_entropy",
     "word_match_counts",
     "word_scores",
