@@ -265,3 +265,12 @@ def test_weights_the_configs_family_would_drop_are_an_error_not_a_warning(lms, q
     message = r"has weights that LlavaLlamaForCausalLM does not take .*q_proj\.bias"
     with pytest.raises(ValueError, match=message):
         load_pretrained_model(str(mislabelled), None, device_map="cpu", device="cpu")
+
+
+@pytest.mark.parametrize("template", ["llava_llama_2", "llama_2", "mistral_instruct"])
+def test_llama2_style_answers_stop_at_the_end_of_sequence_token(template):
+    from llava.conversation import conv_templates
+    from llava.eval.run_llava import stop_string
+
+    # mistral_instruct's sep is empty, which generation refuses as a stop string
+    assert stop_string(conv_templates[template]) == "</s>"

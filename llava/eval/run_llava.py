@@ -112,8 +112,9 @@ def single_turn_prompt(conv_mode: str, user_text: str) -> str:
 
 
 def stop_string(conv: Conversation) -> str:
-    """Text that ends an assistant turn in this template (TWO-style templates end on `sep2`)."""
-    if conv.sep_style is SeparatorStyle.TWO and conv.sep2:
+    """Text that ends an assistant turn in this template: TWO- and LLAMA_2-style templates end it on
+    `sep2` (`</s>`; a LLAMA_2 `sep` opens the next turn, `<s>`, or is empty for mistral_instruct)."""
+    if conv.sep_style in (SeparatorStyle.TWO, SeparatorStyle.LLAMA_2) and conv.sep2:
         return conv.sep2
     return conv.sep
 
