@@ -21,7 +21,6 @@ from patch_align.world.demo import (
     RunSpec,
     StageSettings,
     eval_suite,
-    format_table,
     mean_std,
     run_demo,
     run_numbers,
@@ -29,6 +28,7 @@ from patch_align.world.demo import (
     stage2_command,
     summarize,
 )
+from patch_align.world.demo_report import format_table
 from patch_align.world.generator import WorldSpec
 
 PATHS = DemoPaths(world=Path("/w"), clip=Path("/b/clip"), llm=Path("/b/llm"), sea_labels=Path("/s/labels"))
@@ -149,8 +149,8 @@ def test_mean_std_is_the_sample_standard_deviation():
 
 
 def _analysis(miou: float) -> dict:
-    return {"compression": {"delta_h": 0.5}, "alignment": {"miou": miou, "pointing_accuracy": 0.4},
-            "decomposition": {"word_precision": 0.3, "word_recall": 0.2}}
+    return {"stage1": {"compression": {"delta_h": 0.5}, "alignment": {"miou": miou, "pointing_accuracy": 0.4},
+                       "decomposition": {"word_precision": 0.3, "word_recall": 0.2}}}
 
 
 EVAL_ENTRY = {"tasks": {"rec": {"metrics": {"acc@0.5": 0.1}}, "vqa": {"metrics": {"exact_match": 0.6}},
@@ -159,10 +159,21 @@ EVAL_ENTRY = {"tasks": {"rec": {"metrics": {"acc@0.5": 0.1}}, "vqa": {"metrics":
 
 def test_run_numbers_takes_each_table_number_from_analysis_and_evaluation():
     numbers = run_numbers(_analysis(0.2), EVAL_ENTRY, {"stage1": 3.0, "stage2": 4.0}, "caption-seed0")
-    assert numbers == {"delta_h": 0.5, "align_miou": 0.2, "pointing_accuracy": 0.4, "mp_precision": 0.3,
-                       "mp_recall": 0.2, "rec_acc50": 0.1, "vqa_accuracy": 0.6, "caption_cider": 0.9,
-                       "stage1_train_s": 3.0, "stage2_train_s": 4.0}
+    measured = {k: v for k, v in numbers.items() if v is not None}
+    assert measured == {"delta_h": 0.5, "align_miou": 0.2, "pointing_accuracy": 0.4, "mp_precision": 0.3,
+                        "mp_recall": 0.2, "rec_acc50": 0.1, "vqa_accuracy": 0.6, "caption_cider": 0.9,
+                        "stage1_train_s": 3.0, "stage2_train_s": 4.0}
     assert set(numbers) == {key for key, _, _ in TABLE_COLUMNS}
+
+
+def test_numbers_of_analyses_and_categories_a_preset_does_not_run_are_not_measured():
+    views = {**_analysis(0.2), "size_words": {"decomposition": {"word_recall": 0.7}}}
+    numbers = run_numbers(views, EVAL_ENTRY, {"stage1": 1.0, "stage2": 1.0}, "r",
+                          vqa_categories={"binding": {"accuracy": 0.25, "n": 4}})
+    assert numbers["mp_recall_size_words"] == 0.7 and numbers["vqa_binding"] == 0.25
+    assert numbers["pointing_held_out_pairs"] is None and numbers["align_miou_stage2"] is None
+    with pytest.raises(DemoError, match="r: mp_recall_size_words is None"):
+        run_numbers({**views, "size_words": {}}, EVAL_ENTRY, {"stage1": 1.0, "stage2": 1.0}, "r")
 
 
 def test_a_nan_or_missing_number_stops_the_report_naming_run_and_number():
@@ -185,6 +196,25 @@ def test_summary_table_shows_mean_and_std_over_seeds():
     assert row.startswith("| caption-only (LLaVA-1.5) | 0.500 ± 0.000 | 0.200 ± 0.100 |")
     single = format_table(summarize(runs[:1])).splitlines()[2]
     assert "±" not in single and "| 0.100 |" in single
+    # columns no run measured are left out
+    assert "held-out pairs" not in format_table(summary)
+
+
+def test_a_cell_that_does_not_beat_its_baseline_is_marked_and_the_baselines_are_a_row():
+    seconds = {"stage1": 1, "stage2": 2}
+    runs = [{"method": "caption", "numbers": run_numbers(_analysis(m), EVAL_ENTRY, seconds, "r")}
+            for m in (0.1, 0.3)]
+    table = format_table(summarize(runs), {"align_miou": 0.15, "vqa_accuracy": 0.5}).splitlines()
+    # Align mIoU 0.2 ± 0.141: mean − std 0.059 is not above 0.15; VQA 0.6 ± 0 is above 0.5
+    assert "| 0.200 ± 0.141† |" in table[2] and "| 0.600 ± 0.000 |" in table[2]
+    assert table[3].startswith("| *baseline* |") and "| 0.150 |" in table[3] and "| 0.500 |" in table[3]
+
+
+def test_study_runs_are_summarised_by_variant():
+    numbers = run_numbers(_analysis(0.2), EVAL_ENTRY, {"stage1": 1, "stage2": 2}, "r")
+    summary = summarize([{"method": "patch_align", "group": "beta5-linear", "numbers": numbers},
+                         {"method": "patch_align", "group": "beta0", "numbers": numbers}])
+    assert list(summary) == ["beta5-linear", "beta0"]
 
 
 def test_a_number_not_measured_is_none_and_shown_as_n_a():
@@ -219,7 +249,9 @@ def _check_artefacts(out: Path, metrics: dict, run_names: list[str]) -> None:
         assert (out / "runs" / run["name"] / "stage1" / "mm_projector.bin").is_file()
         assert (out / "runs" / run["name"] / "stage2" / "model.safetensors").is_file()
         assert (out / "runs" / run["name"] / "analysis" / "report.md").is_file()
-        assert all(math.isfinite(v) for v in run["numbers"].values())
+        assert all(math.isfinite(v) for v in run["numbers"].values() if v is not None)
+        measured = ("delta_h", "align_miou", "rec_acc50", "vqa_accuracy")
+        assert all(run["numbers"][k] is not None for k in measured)
     report = (out / "report.md").read_text()
     assert "| method | ΔH (nats) | Align mIoU |" in report and "## Wall time" in report
 
@@ -232,6 +264,12 @@ def test_smoke_demo_runs_sea_through_every_stage_and_writes_the_report(tmp_path)
     assert "--align_objective sea" in (tmp_path / "logs" / "sea-seed0-stage1.log").read_text()
     assert list(metrics["summary"]) == ["sea"]
     assert metrics["failed_runs"] == {}
+    # the label sign was measured both ways on the held-out images and the chosen labels were trained on
+    sea = metrics["sea_labels"]
+    assert set(sea["signs"]) == {"negated", "plain"} and sea["top_n"] == 3
+    assert f"--sea_labels {tmp_path}/sea/" in (tmp_path / "logs" / "sea-seed0-stage1.log").read_text()
+    settings = json.loads(next((tmp_path / "sea").glob("*/labels/settings.json")).read_text())
+    assert settings["sign"] == sea["chosen"] and settings["top_n"] == 3
 
 
 def test_the_readme_command_runs_from_any_folder_with_the_default_relative_out(tmp_path, monkeypatch):

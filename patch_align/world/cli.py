@@ -104,8 +104,18 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Run the paper's comparison in miniature: caption-only LLaVA stage 1 vs patch-aligned "
                     "vs SEA, then stage 2, analysis and evaluation; writes OUT/report.md and "
                     "OUT/metrics.json.")
-    demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    demo.add_argument("--quick", action="store_true", help="the small preset (~2 min on 2 CPU cores)")
+    demo.add_argument("--out", default=None,
+                      help="output folder (default runs/demo; runs/demo-full with --full, runs/study-NAME)")
+    preset = demo.add_mutually_exclusive_group()
+    preset.add_argument("--quick", action="store_true", help="the small preset (~2 min on 2 CPU cores)")
+    preset.add_argument("--full", action="store_true",
+                        help="the downstream preset: a world with binding questions and held-out pairs, "
+                             "a long "
+                             "stage 2 with learning curves (<= 30 min on 2 CPU cores with --seeds 2)")
+    preset.add_argument("--study", choices=("beta", "projector"), default=None,
+                        help="an ablation (docs/demo.md, Studies): beta = β_max × schedule; "
+                             "projector = linear vs "
+                             "mlp2x_gelu × objective, and stage 2's treatment of the projector")
     demo.add_argument("--seeds", type=int, default=1,
                       help="repeat stage 1/2 and evaluation with seeds 0..N-1 and report mean ± std")
     demo.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
@@ -127,30 +137,34 @@ def run_demo_command(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from patch_align.world.demo import (
-        DEFAULT_PRESET,
-        METHODS,
-        QUICK_PRESET,
-        DemoError,
-        DemoOptions,
-        format_table,
-        run_demo,
-    )
+    from patch_align.world import demo
+    from patch_align.world.demo_report import format_table
+    from patch_align.world.studies import STUDIES
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    study = STUDIES[args.study] if args.study else None
+    if study is not None and args.methods:
+        raise CommandError("--methods cannot be given with --study: a study names its own runs")
+    if study is not None:
+        preset, default_out = study.preset, f"runs/study-{study.name}"
+    elif args.full:
+        preset, default_out = demo.FULL_PRESET, "runs/demo-full"
+    else:
+        preset, default_out = demo.QUICK_PRESET if args.quick else demo.DEFAULT_PRESET, "runs/demo"
+    args.out = args.out or default_out
     try:
-        options = DemoOptions(out=Path(args.out), preset=QUICK_PRESET if args.quick else DEFAULT_PRESET,
-                              seeds=args.seeds, methods=tuple(args.methods or METHODS),
-                              report_to=args.report_to, device=args.device, keep_going=args.keep_going,
-                              jobs=args.jobs, progress=not args.no_progress)
+        options = demo.DemoOptions(out=Path(args.out), preset=preset, seeds=args.seeds,
+                                   methods=tuple(args.methods or demo.METHODS), report_to=args.report_to,
+                                   device=args.device, keep_going=args.keep_going, jobs=args.jobs,
+                                   progress=not args.no_progress, study=study)
     except ValueError as error:
         raise CommandError(error) from error
     try:
-        metrics = run_demo(options)
-    except DemoError as error:
+        metrics = demo.run_demo(options)
+    except demo.DemoError as error:
         print(f"patch-align demo: error: {error}", file=sys.stderr)
         return 1
-    print(f"\n{format_table(metrics['summary'])}\n")
+    print(f"\n{format_table(metrics['summary'], metrics['baselines'])}\n")
     failed = metrics["failed_runs"]
     for name, message in failed.items():
         print(f"FAILED {name}: {message.splitlines()[0]}", file=sys.stderr)
