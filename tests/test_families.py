@@ -274,3 +274,17 @@ def test_llama2_style_answers_stop_at_the_end_of_sequence_token(template):
 
     # mistral_instruct's sep is empty, which generation refuses as a stop string
     assert stop_string(conv_templates[template]) == "</s>"
+
+
+def test_training_refuses_a_siglip_tower_with_cls_patch_before_loading_anything(tmp_path, monkeypatch):
+    import llava.train.train as train
+    from llava.tiny import build_tiny_siglip
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the tokenizer was loaded before the tower was checked")
+
+    monkeypatch.setattr(train, "load_tokenizer", refuse)
+    siglip = build_tiny_siglip(tmp_path / "siglip", image_size=56, patch_size=14)
+    flags = stage1_flags(FIXTURES / "llm", siglip, tmp_path / "out", mm_vision_select_feature="cls_patch")
+    with pytest.raises(ValueError, match="mm_vision_select_feature='cls_patch' is not supported"):
+        train.build_trainer(argv=flags)

@@ -24,6 +24,7 @@ from transformers import AutoTokenizer, HfArgumentParser, Trainer, set_seed
 from llava.model.builder import resolve_attn_implementation
 from llava.model.checkpoints import NON_LORA_FILE, atomic_torch_save, cpu_copies, make_adapter_config_portable
 from llava.model.language_model.families import LLMFamily, family_of_pretrained
+from llava.model.multimodal_encoder.builder import check_vision_tower
 from llava.paths import absolute_if_local, resolve_model_path
 from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments
 from llava.train.data import conversation_template
@@ -211,6 +212,8 @@ def build_trainer(
     model_args.model_name_or_path = absolute_if_local(
         resolve_model_path(model_args.model_name_or_path, None, "--model_name_or_path"))
     llm_family(model_args)  # an unsupported LLM family fails before anything loads
+    if model_args.vision_tower is not None:  # so does a tower without a wrapper or its select feature
+        check_vision_tower(model_args)
     init_deepspeed_comm(training_args)  # before zero.Init partitions the model in from_pretrained
     data_args.version = model_args.version
 
