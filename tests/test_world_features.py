@@ -164,3 +164,34 @@ def test_the_featured_spec_round_trips_and_writes_identical_files(world, tmp_pat
 def test_bad_held_out_pairs_are_refused_naming_the_property(pairs, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         make_world(tmp_path, WorldSpec(n_train=1, n_eval=1, held_out_pairs=pairs))
+
+
+def test_a_layout_grid_centres_each_object_in_its_own_cell():
+    from patch_align.world.generator import render_world_image
+    from patch_align.world.scene import SceneSpec
+
+    spec = WorldSpec(seed=1, scene=SceneSpec(min_size=96, max_size=128, objects_min=1, objects_max=3,
+                                             layout_grid=3))
+    for index in range(6):
+        item = render_world_image(spec, "train", index)
+        cells = []
+        for obj in item.scene.objects:
+            cx, cy = obj.left + obj.side / 2, obj.top + obj.side / 2
+            col, row = int(cx * 3 // item.scene.width), int(cy * 3 // item.scene.height)
+            cells.append((row, col))
+            # centred in the cell unless the image edge pushed it inside
+            expected = ((col + 0.5) * item.scene.width / 3, (row + 0.5) * item.scene.height / 3)
+            pushed = obj.left == 0 or obj.top == 0 or obj.left + obj.side == item.scene.width \
+                or obj.top + obj.side == item.scene.height
+            assert pushed or (abs(cx - expected[0]) <= 1 and abs(cy - expected[1]) <= 1)
+        assert len(set(cells)) == len(cells)
+
+
+@pytest.mark.parametrize("grid", [1, -2])
+def test_a_bad_layout_grid_is_refused(grid, tmp_path):
+    from patch_align.world.scene import SceneSpec
+
+    with pytest.raises(ValueError, match="layout_grid"):
+        make_world(tmp_path, WorldSpec(n_train=1, n_eval=1, scene=SceneSpec(layout_grid=grid)))
+    with pytest.raises(ValueError, match="layout_grid"):
+        make_world(tmp_path, WorldSpec(n_train=1, n_eval=1, scene=SceneSpec(layout_grid=2, objects_max=5)))

@@ -221,12 +221,13 @@ def test_cli_make_writes_a_world_with_the_flags(tmp_path, capsys):
     out = tmp_path / "w"
     code = cli_main(["world", "make", "--out", str(out), "--seed", "5", "--n-train", "3", "--n-eval", "2",
                      "--min-size", "70", "--max-size", "90", "--objects-min", "1", "--objects-max", "2",
-                     "--shapes", "circle", "cross", "--colours", "red", "cyan", "--sizes", "medium"])
+                     "--shapes", "circle", "cross", "--colours", "red", "cyan", "--sizes", "medium",
+                     "--layout-grid", "2"])
     assert code == 0 and "3 train / 2 eval images" in capsys.readouterr().out
     spec = json.loads((out / "world.json").read_text())["spec"]
     assert spec["scene"] | {"min_visible": None} == {
         "min_size": 70, "max_size": 90, "objects_min": 1, "objects_max": 2, "shapes": ["circle", "cross"],
-        "colours": ["red", "cyan"], "sizes": ["medium"], "min_visible": None}
+        "colours": ["red", "cyan"], "sizes": ["medium"], "min_visible": None, "layout_grid": 2}
     labels = {r.label for rec in load_pad_index(out / WORLD_FILES["pad_train"]).values() for r in rec.regions}
     assert labels <= {"red circle", "red cross", "cyan circle", "cyan cross"}
 

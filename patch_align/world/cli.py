@@ -36,6 +36,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                       help=f"from {', '.join(SIZE_FRACTIONS)}")
     make.add_argument("--min-visible", type=float, default=scene.min_visible,
                       help="fraction of each object's area that stays visible after overlap")
+    make.add_argument("--layout-grid", type=int, default=scene.layout_grid,
+                      help="0: objects anywhere; G >= 2: each object centred in its own cell of a GxG layout")
     make.add_argument("--caption-references", type=int, default=spec.caption_references,
                       help="reference captions per held-out image")
     make.add_argument("--vqa-per-image", type=int, default=spec.vqa_per_image)
@@ -67,7 +69,7 @@ def run_make(args: argparse.Namespace) -> int:
         seed=args.seed, n_train=args.n_train, n_eval=args.n_eval,
         scene=SceneSpec(min_size=args.min_size, max_size=args.max_size, objects_min=args.objects_min,
                         objects_max=args.objects_max, shapes=tuple(args.shapes), colours=tuple(args.colours),
-                        sizes=tuple(args.sizes), min_visible=args.min_visible),
+                        sizes=tuple(args.sizes), min_visible=args.min_visible, layout_grid=args.layout_grid),
         caption_references=args.caption_references, vqa_per_image=args.vqa_per_image,
         binding_per_image=args.binding_per_image, held_out_pairs=tuple(args.held_out_pairs))
     try:

@@ -48,6 +48,9 @@ class SceneSpec:
     colours: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple")
     sizes: tuple[str, ...] = ("small", "large")
     min_visible: float = 0.6
+    # 0: objects anywhere; G >= 2: each object centred in its own cell of a G×G layout of the image,
+    # so positions are few and distinct (a tiny LLM can learn to name them in a box)
+    layout_grid: int = 0
 
     def check(self) -> None:
         """Raise ValueError naming the bad property."""
@@ -68,6 +71,9 @@ class SceneSpec:
                              "(each pair appears at most once per image)")
         if not 0.0 < self.min_visible <= 1.0:
             raise ValueError(f"min_visible must be in (0, 1], got {self.min_visible}")
+        if self.layout_grid == 1 or self.layout_grid < 0 or self.objects_max > self.layout_grid ** 2 > 0:
+            raise ValueError(f"layout_grid must be 0 (free) or G >= 2 with G² >= objects_max, got "
+                             f"{self.layout_grid} for objects_max {self.objects_max}")
 
 
 @dataclass(frozen=True)
@@ -168,6 +174,15 @@ def _visible_enough(objects: tuple[SceneObject, ...], width: int, height: int, m
     return True
 
 
+def _cell_corner(cell: int, grid: int, side: int, width: int, height: int) -> tuple[int, int]:
+    """Top-left corner of a `side` px object centred in cell `cell` (row-major) of a grid×grid layout,
+    moved inside the image where the cell is too small for it."""
+    row, col = divmod(cell, grid)
+    left = round((col + 0.5) * width / grid - side / 2)
+    top = round((row + 0.5) * height / grid - side / 2)
+    return min(max(left, 0), width - side), min(max(top, 0), height - side)
+
+
 def _sample_size(spec: SceneSpec, rng: np.random.Generator) -> tuple[int, int]:
     width = int(rng.integers(spec.min_size, spec.max_size + 1))
     height = width
@@ -197,15 +212,20 @@ def sample_scene(spec: SceneSpec, rng: np.random.Generator) -> Scene:
         wanted = int(rng.integers(spec.objects_min, spec.objects_max + 1))
         pairs = [(c, s) for c in spec.colours for s in spec.shapes]
         chosen = rng.choice(len(pairs), size=wanted, replace=False)
+        cells = rng.permutation(spec.layout_grid ** 2) if spec.layout_grid else None
         objects: tuple[SceneObject, ...] = ()
-        for pair_index in chosen:
+        for number, pair_index in enumerate(chosen):
             colour, shape = pairs[int(pair_index)]
             size = str(rng.choice(spec.sizes))
             low, high = SIZE_FRACTIONS[size]
             for _ in range(_PLACEMENT_TRIES):
                 side = max(6, int(round(rng.uniform(low, high) * min(width, height))))
-                candidate = SceneObject(shape, colour, size, int(rng.integers(0, width - side + 1)),
-                                        int(rng.integers(0, height - side + 1)), side)
+                if cells is None:
+                    left = int(rng.integers(0, width - side + 1))
+                    top = int(rng.integers(0, height - side + 1))
+                else:
+                    left, top = _cell_corner(int(cells[number]), spec.layout_grid, side, width, height)
+                candidate = SceneObject(shape, colour, size, left, top, side)
                 if _visible_enough(objects + (candidate,), width, height, spec.min_visible):
                     objects += (candidate,)
                     break
