@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from patch_align.world.demo import FULL_PRESET, DemoPreset, RunSpec, StageSettings
+from patch_align.world.demo import FULL_PRESET, DemoPreset, RunSpec
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class Study:
 # Stage 1 as --full; stage 2 at the default preset's length, evaluated once: the studies ask what
 # stage 1 builds and what stage 2 keeps of it, in a budget of minutes per study on 2 cores.
 STUDY_PRESET = replace(FULL_PRESET, name="study",
-                       stage2=StageSettings(steps=150, batch_size=16, learning_rate=1e-3),
+                       stage2=replace(FULL_PRESET.stage2, steps=150),
                        stage2_eval_every=None, curve_eval_limit=None)
 
 
