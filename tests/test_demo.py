@@ -267,6 +267,8 @@ def test_smoke_demo_runs_sea_through_every_stage_and_writes_the_report(tmp_path)
     # the label sign was measured both ways on the held-out images and the chosen labels were trained on
     sea = metrics["sea_labels"]
     assert set(sea["signs"]) == {"negated", "plain"} and sea["top_n"] == 3
+    plain = sea["signs"]["plain"]
+    assert plain["chance_precision"] == plain["true_pairs"] / (plain["patches"] * sea["vocabulary"])
     assert f"--sea_labels {tmp_path}/sea/" in (tmp_path / "logs" / "sea-seed0-stage1.log").read_text()
     settings = json.loads(next((tmp_path / "sea").glob("*/labels/settings.json")).read_text())
     assert settings["sign"] == sea["chosen"] and settings["top_n"] == 3
@@ -306,3 +308,18 @@ def test_patch_aligned_projector_aligns_better_than_caption_only_over_three_seed
     for key in ("align_miou", "pointing_accuracy"):
         assert summary["patch_align"][key]["n"] == 3
         assert summary["patch_align"][key]["mean"] > summary["caption"][key]["mean"], key
+
+
+@pytest.mark.slow
+def test_full_stage2_lifts_caption_only_above_every_blind_baseline(tmp_path):
+    """Otherwise the --full world tests nothing downstream: the caption-only model, after --full's
+    stage 2 (seed 0, final model only), beats the constant REC box, the majority answer per VQA
+    template (all questions and binding ones) and the most common caption."""
+    from patch_align.world.demo import FULL_PRESET
+
+    preset = replace(FULL_PRESET, stage2_eval_every=None, curve_eval_limit=None, analyses=("stage1",))
+    metrics = run_demo(DemoOptions(out=tmp_path, preset=preset, methods=("caption",), device="cpu",
+                                   progress=False))
+    caption, baselines = metrics["summary"]["caption"], metrics["baselines"]
+    for key in ("rec_acc50", "vqa_accuracy", "vqa_binding", "caption_cider"):
+        assert caption[key]["mean"] > baselines[key], (key, caption[key]["mean"], baselines[key])

@@ -140,6 +140,8 @@ def format_report(metrics: Mapping[str, Any]) -> str:
     if sea:
         signs = "; ".join(f"`{sign}` precision {q['precision']:.3f}, recall {q['recall']:.3f}"
                           for sign, q in sea["signs"].items())
+        chance = next(iter(sea["signs"].values())).get("chance_precision")
+        signs += "" if chance is None else f" (a uniformly drawn word: precision {chance:.3f})"
         lines += ["", f"SEA labels (top {sea['top_n']} of {sea['vocabulary']} words per patch), measured "
                   "against "
                   f"the exact patch truth of the held-out images: {signs}. Trained with `{sea['chosen']}`."]

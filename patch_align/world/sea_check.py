@@ -20,7 +20,8 @@ SIGN_FILE = "sign_choice.json"
 
 def world_label_quality(labels_dir: Path, world: Path, clip_dir: Path) -> dict[str, Any]:
     """Precision and recall (`quality.label_precision_recall`) of the labels in `labels_dir`, made from
-    the world's held-out pretraining file, against the truth of `pad/eval.jsonl` and `scenes/eval.jsonl`."""
+    the world's held-out pretraining file, against the truth of `pad/eval.jsonl` and `scenes/eval.jsonl`;
+    `chance_precision` is that of a word drawn uniformly from the vocabulary for every patch."""
     from transformers import CLIPImageProcessor
 
     from patch_align.pad import decode_region_mask, load_pad_index
@@ -44,7 +45,8 @@ def world_label_quality(labels_dir: Path, world: Path, clip_dir: Path) -> dict[s
         aspect = labels.settings["image_aspect_ratio"]
         truth.append(patch_word_truth(masks, words, vocabulary, processor, aspect, patch_size))
         ids.append(labels.labels(record.id)[0])
-    return label_precision_recall(ids, truth)
+    quality = label_precision_recall(ids, truth)
+    return {**quality, "chance_precision": quality["true_pairs"] / (quality["patches"] * len(vocabulary))}
 
 
 def choose_sign(quality: dict[str, dict[str, Any]]) -> str:
