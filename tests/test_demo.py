@@ -166,6 +166,17 @@ def test_run_numbers_takes_each_table_number_from_analysis_and_evaluation():
     assert set(numbers) == {key for key, _, _ in TABLE_COLUMNS}
 
 
+def test_baselines_are_chance_from_the_analyses_random_atoms_for_pursuit_and_the_blind_levels():
+    from patch_align.world.demo import baselines_of
+
+    stage1 = {"alignment": {"chance_miou": 0.1, "chance_pointing_accuracy": 0.2},
+              "decomposition": {"mean_atoms_used": 8.0}, "dictionary": {"words": 160}}
+    views = {"size_words": {"decomposition": {"mean_atoms_used": 4.0}, "dictionary": {"words": 160}}}
+    baselines = baselines_of([{"stage1": stage1, **views}], {"rec_acc50": 0.07})
+    assert baselines == {"delta_h": 0.0, "rec_acc50": 0.07, "align_miou": 0.1, "pointing_accuracy": 0.2,
+                         "mp_recall": 0.05, "mp_recall_size_words": 0.025}
+
+
 def test_numbers_of_analyses_and_categories_a_preset_does_not_run_are_not_measured():
     views = {**_analysis(0.2), "size_words": {"decomposition": {"word_recall": 0.7}}}
     numbers = run_numbers(views, EVAL_ENTRY, {"stage1": 1.0, "stage2": 1.0}, "r",

@@ -435,9 +435,10 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, f
 
 def baselines_of(analyses: Sequence[dict[str, dict[str, Any]]], blind: dict[str, float]) -> dict[str, float]:
     """The baseline of each table number: chance Align mIoU / pointing from the analyze runs (they
-    depend only on the masks, so every run's are equal; the first run's are taken), the blind
-    downstream levels in `blind` (REC constant box, VQA majority answers per template, ...), and 0 for
-    ΔH (no compression)."""
+    depend only on the masks, so every run's are equal; the first run's are taken), the matching-pursuit
+    recall of atoms drawn at random (atoms used per patch / dictionary words: the chance that a given
+    word is among them, whatever its sign), the blind downstream levels in `blind` (REC constant box,
+    VQA majority answers per template, ...), and 0 for ΔH (no compression)."""
     baselines = {"delta_h": 0.0, **blind}
     chance = {"align_miou": ("stage1", "chance_miou"),
               "pointing_accuracy": ("stage1", "chance_pointing_accuracy"),
@@ -448,6 +449,13 @@ def baselines_of(analyses: Sequence[dict[str, dict[str, Any]]], blind: dict[str,
         value = analyses[0].get(analysis, {}).get("alignment", {}).get(name) if analyses else None
         if isinstance(value, (int, float)) and math.isfinite(value):
             baselines[key] = float(value)
+    pursuit = {"mp_recall": "stage1", "mp_recall_size_words": "size_words",
+               "mp_recall_relation_words": "relation_words"}
+    for key, analysis in pursuit.items():
+        metrics = analyses[0].get(analysis) if analyses else None
+        if metrics:
+            atoms, words = metrics["decomposition"]["mean_atoms_used"], metrics["dictionary"]["words"]
+            baselines[key] = min(1.0, float(atoms) / words)
     return baselines
 
 
@@ -918,7 +926,8 @@ def _report(runs: list[_RunState], eval_results: dict[str, Any], options: DemoOp
     blind, sources = blind_baselines(eval_results, out / "world")
     baselines = baselines_of(all_analyses, blind)
     sources = {"ΔH": "0 (no compression)", "Align mIoU and pointing": "chance of a uniform random label per "
-               "patch over the image's labels (patch-align analyze)", **sources}
+               "patch over the image's labels (patch-align analyze)",
+               "MP recall": "atoms used per patch / dictionary words (random atoms, either sign)", **sources}
     study = options.study
     study_entry = None if study is None else {
         "name": study.name, "question": study.question, "x": study.x, "series": study.series,
