@@ -210,6 +210,8 @@ def test_every_stage_writes_its_checkpoint_kind_for_the_familys_model_type(recip
         config = json.loads((folder / "config.json").read_text())
         assert config["model_type"] == family.llava_model_type, name
         assert config["mm_vision_tower"] == str(recipe.tower), name
+        if name in ("full", "lora", "merged"):  # inference picks the trained template from it
+            assert config["mm_conv_template"] == TEMPLATES[recipe.variant], name
 
 
 def test_each_stage1_objective_logs_its_losses(recipe):

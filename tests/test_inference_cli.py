@@ -17,12 +17,14 @@ from PIL import Image
 from llava.eval import generation, run_llava
 from llava.eval.generation import encode_images, trim_at_stop_strings
 from llava.eval.run_llava import (
+    choose_conv_mode,
     conv_mode_for_model,
     image_query,
     new_chat,
     resolve_device,
     single_turn_prompt,
     stop_string,
+    trained_conv_mode,
 )
 from llava.mm_utils import tokenizer_image_token
 from llava.model.builder import load_pretrained_model
@@ -86,6 +88,28 @@ def golden_case(golden_dir):
 )
 def test_conversation_mode_is_inferred_from_the_model_name_like_upstream(model_name, mode):
     assert conv_mode_for_model(model_name) == mode
+
+
+def test_the_template_a_checkpoint_was_trained_with_wins_over_the_name_rule(tmp_path):
+    config = {"model_type": "llava_qwen", "mm_conv_template": "qwen_2"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    trained = trained_conv_mode(tmp_path)
+    assert trained == "qwen_2"
+    assert choose_conv_mode("llava-v1.5-7b", None, trained) == "qwen_2"
+    assert choose_conv_mode("llava-v1.5-7b", "llava_v1", trained) == "llava_v1"  # --conv-mode still wins
+    assert choose_conv_mode("llava-v1.5-7b", None, None) == "llava_v1"  # upstream checkpoint: name rule
+
+
+def test_a_checkpoint_without_a_recorded_template_or_config_records_none(tmp_path):
+    assert trained_conv_mode(tmp_path) is None
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava_llama"}))
+    assert trained_conv_mode(tmp_path) is None
+
+
+def test_a_recorded_template_that_does_not_exist_is_an_error_naming_the_file(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"mm_conv_template": "qwen_9"}))
+    with pytest.raises(ValueError, match=r"config\.json records mm_conv_template='qwen_9'.*--conv-mode"):
+        trained_conv_mode(tmp_path)
 
 
 def test_images_go_in_front_of_the_query_or_replace_its_placeholders():

@@ -156,6 +156,7 @@ def test_pretrain_writes_upstreams_projector_file_and_config_only(pretrain_dir):
     assert config["model_type"] == "llava_llama"
     assert config["mm_projector_type"] == "mlp2x_gelu"
     assert config["tune_mm_mlp_adapter"] is True
+    assert config["mm_conv_template"] == "plain"  # the --version it was trained with
     assert not list(pretrain_dir.glob("*.safetensors"))
     assert sorted(p.name for p in pretrain_dir.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
     checkpoint_state = torch.load(pretrain_dir / "checkpoint-3" / PROJECTOR_FILE, weights_only=True)
@@ -172,6 +173,7 @@ def test_finetune_from_the_pretrained_projector_loads_from_a_neutral_folder(fine
 
     config = json.loads((finetune_dir / "config.json").read_text())
     assert config["image_aspect_ratio"] == "pad" and config["mm_vision_tower"] == str(tiny_setup.clip)
+    assert config["mm_conv_template"] == "v1"
     tokenizer, model, processor, _ = load_pretrained_model(
         str(finetune_dir), None, get_model_name_from_path(str(finetune_dir)), device_map="cpu", device="cpu"
     )

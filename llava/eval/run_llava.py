@@ -13,6 +13,7 @@ string of a template, and the device choice with CPU fallback.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from llava.conversation import Conversation, SeparatorStyle, conv_templates
 from llava.eval.generation import generate_batch
 from llava.mm_utils import get_model_name_from_path
 from llava.model.builder import load_pretrained_model
+from llava.model.checkpoints import TRAINED_TEMPLATE_KEY
 from llava.paths import resolve_model_path
 
 logger = logging.getLogger(__name__)
@@ -52,15 +54,33 @@ def conv_mode_for_model(model_name: str) -> str:
     return "llava_v0"
 
 
-def choose_conv_mode(model_name: str, requested: str | None) -> str:
-    """`requested` if given (warning when it differs from the inferred one), else the inferred mode."""
-    inferred = conv_mode_for_model(model_name)
+def trained_conv_mode(model_path: str | Path) -> str | None:
+    """The template a checkpoint folder was trained with (config.json's `mm_conv_template`), or None
+    for a folder without one (upstream's checkpoints, a hub id not fetched yet)."""
+    config = Path(model_path) / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        recorded = json.loads(config.read_text()).get(TRAINED_TEMPLATE_KEY)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{config} is not readable JSON ({error})") from error
+    if recorded is not None and recorded not in conv_templates:
+        raise ValueError(f"{config} records {TRAINED_TEMPLATE_KEY}={recorded!r}, which is not a template; "
+                         f"pass --conv-mode (one of {sorted(conv_templates)})")
+    return recorded
+
+
+def choose_conv_mode(model_name: str, requested: str | None, trained: str | None = None) -> str:
+    """`requested` if given (warning when it differs from the inferred one), else the inferred mode: the
+    template the checkpoint records it was trained with (`trained`), else upstream's rule on the name."""
+    inferred = trained or conv_mode_for_model(model_name)
+    source = "the checkpoint's config.json" if trained else model_name
     if requested is None:
         return inferred
     if requested not in conv_templates:
         raise ValueError(f"--conv-mode {requested!r} is not a template; choose from {sorted(conv_templates)}")
     if requested != inferred:
-        logger.warning("conversation mode inferred from %s is %s; using --conv-mode %s", model_name, inferred,
+        logger.warning("conversation mode inferred from %s is %s; using --conv-mode %s", source, inferred,
                        requested)
     return requested
 
@@ -153,7 +173,8 @@ def query_inputs(args: argparse.Namespace) -> tuple[list[Image.Image], str]:
     images = load_images(image_files)
     check_image_placeholders(args.query, len(images))
     check_model_paths(args)
-    return images, choose_conv_mode(get_model_name_from_path(args.model_path), args.conv_mode)
+    trained = trained_conv_mode(resolve_model_path(args.model_path, what="--model-path"))
+    return images, choose_conv_mode(get_model_name_from_path(args.model_path), args.conv_mode, trained)
 
 
 def check_model_paths(args: argparse.Namespace) -> None:

@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 PROJECTOR_FILE = "mm_projector.bin"
 NON_LORA_FILE = "non_lora_trainables.bin"
 ADAPTER_CONFIG = "adapter_config.json"
+# config.json key under which training records its `--version`: the template the checkpoint was trained
+# on, so inference need not guess it from the folder name (upstream has no such key and ignores it).
+TRAINED_TEMPLATE_KEY = "mm_conv_template"
 _WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",

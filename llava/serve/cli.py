@@ -27,9 +27,11 @@ from llava.eval.run_llava import (
     new_chat,
     resolve_device,
     stop_string,
+    trained_conv_mode,
 )
 from llava.mm_utils import get_model_name_from_path, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
+from llava.paths import resolve_model_path
 
 
 def chat(
@@ -104,7 +106,8 @@ def main(argv: Sequence[str] | None = None, input_stream: TextIO | None = None) 
     args = parser.parse_args(argv)
     model_name = get_model_name_from_path(args.model_path)
     try:
-        conv_mode = choose_conv_mode(model_name, args.conv_mode)
+        trained = trained_conv_mode(resolve_model_path(args.model_path, None, "--model-path"))
+        conv_mode = choose_conv_mode(model_name, args.conv_mode, trained)
         images = load_images([args.image_file]) if args.image_file else []
     except (OSError, ValueError) as error:
         parser.error(str(error))

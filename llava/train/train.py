@@ -22,7 +22,13 @@ import transformers
 from transformers import AutoTokenizer, HfArgumentParser, Trainer, set_seed
 
 from llava.model.builder import resolve_attn_implementation
-from llava.model.checkpoints import NON_LORA_FILE, atomic_torch_save, cpu_copies, make_adapter_config_portable
+from llava.model.checkpoints import (
+    NON_LORA_FILE,
+    TRAINED_TEMPLATE_KEY,
+    atomic_torch_save,
+    cpu_copies,
+    make_adapter_config_portable,
+)
 from llava.model.language_model.families import LLMFamily, family_of_pretrained
 from llava.model.multimodal_encoder.builder import check_vision_tower
 from llava.paths import absolute_if_local, resolve_model_path
@@ -165,6 +171,7 @@ def attach_vision(model, tokenizer, model_args, data_args, training_args) -> Non
     config.mm_use_im_start_end = model_args.mm_use_im_start_end
     config.mm_projector_lr = training_args.mm_projector_lr
     config.mm_use_im_patch_token = model_args.mm_use_im_patch_token
+    setattr(config, TRAINED_TEMPLATE_KEY, model_args.version)
     if model_args.tune_mm_mlp_adapter:  # stage 1: only the projector trains
         llava.requires_grad_(False)
         llava.get_model().mm_projector.requires_grad_(True)
