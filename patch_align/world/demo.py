@@ -820,14 +820,16 @@ def _vqa_categories(answers_file: Path, world: Path) -> dict[str, dict[str, floa
 def _answer_nll(checkpoint: Path, world: Path, records: list[dict[str, Any]],
                 device: str) -> dict[str, float]:
     """Held-out teacher-forced answer NLL (nats/token) per task of one stage-2 checkpoint."""
+    import torch
+
     from llava.model.builder import load_pretrained_model
     from patch_align.evaluation.nll import answer_nll
 
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer, model, image_processor, _ = load_pretrained_model(
-        str(checkpoint), None, checkpoint.name, device_map=None, device="cpu" if device == "auto" else device)
+        str(checkpoint), None, checkpoint.name, device_map=None, device=device)
     model.eval()
-    import torch
-
     with torch.inference_mode():
         groups = answer_nll((tokenizer, model, image_processor), records, world / WORLD_FILES["image_folder"],
                             "llava_v1")
