@@ -121,6 +121,49 @@ def build_tiny_llama(
     )
 
 
+@dataclass(frozen=True)
+class TinyLmVariant:
+    """A tiny LM *variant*: an LLM family (a base ``model_type``), the ``llava.tiny_tokenizers`` kind
+    its checkpoints ship with, and the chat template its stage 2 trains with (docs/backbones.md)."""
+
+    family: str
+    tokenizer: str
+    template: str
+
+
+# Llama ships with Llama-2's SentencePiece and with Llama-3's byte-level BPE tokenizer; Qwen3 uses
+# Qwen2's tokenizer, Gemma2 Gemma's.
+TINY_LM_VARIANTS: dict[str, TinyLmVariant] = {
+    "llama2": TinyLmVariant("llama", "llama2", "llava_llama_2"),
+    "llama3": TinyLmVariant("llama", "llama3", "llama_3"),
+    "mistral": TinyLmVariant("mistral", "mistral", "mistral_instruct"),
+    "qwen2": TinyLmVariant("qwen2", "qwen2", "qwen_2"),
+    "qwen3": TinyLmVariant("qwen3", "qwen2", "qwen_2"),
+    "gemma": TinyLmVariant("gemma", "gemma", "gemma"),
+    "gemma2": TinyLmVariant("gemma2", "gemma", "gemma"),
+    "phi3": TinyLmVariant("phi3", "phi3", "phi3"),
+}
+
+
+def tiny_lm_variant(name: str) -> TinyLmVariant:
+    """The variant called ``name``; ValueError listing the known ones otherwise."""
+    if name not in TINY_LM_VARIANTS:
+        raise ValueError(f"unknown tiny LM variant {name!r}; known: {', '.join(TINY_LM_VARIANTS)}")
+    return TINY_LM_VARIANTS[name]
+
+
+def build_tiny_lm_variant(
+    name: str, out_dir: str | Path, corpus: Iterable[str], *, vocab_size: int | None = None, **sizes
+) -> Path:
+    """Train the variant's tokenizer kind on ``corpus`` into ``out_dir`` and write a random base LM of
+    its family beside it (``sizes``: ``build_tiny_lm``'s keyword arguments). Returns ``out_dir``."""
+    from llava.tiny_tokenizers import build_tiny_tokenizer  # it builds on this module's SentencePiece
+
+    variant = tiny_lm_variant(name)
+    build_tiny_tokenizer(variant.tokenizer, out_dir, list(corpus), vocab_size)
+    return build_tiny_lm(variant.family, out_dir, out_dir, **sizes)
+
+
 def _family_config_extras(family: str, head_dim: int) -> dict:
     """Config fields a family needs set for tiny widths: its default head_dim (Qwen3 128, Gemma 256)
     does not follow hidden_size / heads, and Gemma2 scales queries by its own head_dim."""

@@ -9,18 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from llava.tiny import TINY_LM_VARIANTS
+
 FIXTURES = Path(__file__).parent / "data" / "upstream_golden" / "fixtures-437"
 
 # variant: (LLM family = base model_type, tokenizer kind of llava.tiny_tokenizers)
 LM_VARIANTS: dict[str, tuple[str, str]] = {
-    "llama2": ("llama", "llama2"),
-    "llama3": ("llama", "llama3"),
-    "mistral": ("mistral", "mistral"),
-    "qwen2": ("qwen2", "qwen2"),
-    "qwen3": ("qwen3", "qwen2"),
-    "gemma": ("gemma", "gemma"),
-    "gemma2": ("gemma2", "gemma"),
-    "phi3": ("phi3", "phi3"),
+    name: (variant.family, variant.tokenizer) for name, variant in TINY_LM_VARIANTS.items()
 }
 # one variant per family, for the tests that are about the family rather than its tokenizer
 FAMILY_VARIANT = {family: variant for variant, (family, _) in reversed(LM_VARIANTS.items())}

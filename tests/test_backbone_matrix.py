@@ -22,13 +22,11 @@ import torch
 from family_lms import FIXTURES, LM_VARIANTS, build_variant, stage1_flags
 
 from llava.model.language_model.families import LLM_FAMILIES
+from llava.tiny import TINY_LM_VARIANTS
 
 REPO = Path(__file__).resolve().parents[1]
 # the chat template each variant's checkpoints are trained with (docs/backbones.md)
-TEMPLATES = {
-    "llama2": "llava_llama_2", "llama3": "llama_3", "mistral": "mistral_instruct", "qwen2": "qwen_2",
-    "qwen3": "qwen_2", "gemma": "gemma", "gemma2": "gemma", "phi3": "phi3",
-}
+TEMPLATES = {name: variant.template for name, variant in TINY_LM_VARIANTS.items()}
 TOWERS = ("clip", "siglip")
 COMBOS = [(variant, tower) for variant in LM_VARIANTS for tower in TOWERS]
 QUESTIONS = [

@@ -16,7 +16,7 @@ from patch_align.world.bootstrap import (
     bootstrap_world,
     cache_key,
     clip_retrieval_accuracy,
-    render_vicuna,
+    render_conversation,
 )
 from patch_align.world.generator import WorldError, WorldSpec, load_manifest, make_world
 
@@ -117,8 +117,8 @@ def test_bootstrap_is_deterministic(world, booted, tmp_path):
 
 
 def test_llm_text_is_the_vicuna_rendering_without_the_image_placeholder():
-    text = render_vicuna([{"from": "human", "value": "<image>\nWhat size is the red circle?"},
-                          {"from": "gpt", "value": "small"}])
+    text = render_conversation([{"from": "human", "value": "<image>\nWhat size is the red circle?"},
+                                {"from": "gpt", "value": "small"}])
     assert text.endswith(" USER: What size is the red circle? ASSISTANT: small</s>")
     assert text.startswith("A chat between a curious user") and "<image>" not in text
 

@@ -1,7 +1,8 @@
 """The world's "pretrained" models: a small CLIP and a small Llama trained on the world itself.
 
     OUT/clip/            CLIPModel (vision + text towers), CLIPImageProcessor, CLIPTokenizer
-    OUT/llm/             LlamaForCausalLM + LLaMA-style SentencePiece tokenizer (llava.tiny)
+    OUT/llm/             LlamaForCausalLM + LLaMA-style SentencePiece tokenizer (llava.tiny), or
+                         with `llm_variant` another family's causal LM on its own tokenizer kind
     OUT/bootstrap.json   settings, measured quality, seconds per part, cache key
 
 CLIP learns contrastively (CLIP's symmetric InfoNCE, `return_loss=True`) from the world's
@@ -13,9 +14,11 @@ text equals the image's own caption, and chance counts such duplicates too.
 
 The Llama learns as a causal LM from all training captions and every conversation rendered
 with the vicuna_v1 template (system prompt, "USER:"/"ASSISTANT:", "</s>"; `<image>` removed,
-since LLaVA replaces it by image features). Quality: perplexity per token on the held-out
-conversations and captions (the first `llm_eval_tokens` tokens), against the uniform
-(vocabulary size) and the unigram baseline.
+since LLaVA replaces it by image features). Another family (`llm_variant`, a key of
+`llava.tiny.TINY_LM_VARIANTS`: qwen2, gemma, ...) learns the same texts rendered with that
+family's chat template, which its stage 2 then trains with (`stage2_template`). Quality:
+perplexity per token on the held-out conversations and captions (the first `llm_eval_tokens`
+tokens), against the uniform (vocabulary size) and the unigram baseline.
 
 The result is cached: `bootstrap.json` keeps a hash of the world manifest, the settings,
 this module's source and the library versions; a matching folder is returned at once.
@@ -40,7 +43,7 @@ from PIL import Image
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.conversation import conv_templates
 from llava.mm_utils import expand2square
-from llava.tiny import VICUNA_SYSTEM_PROMPTS, build_tiny_llama
+from llava.tiny import VICUNA_SYSTEM_PROMPTS, build_tiny_llama, build_tiny_lm_variant, tiny_lm_variant
 from patch_align.world.generator import WORLD_FILES, WorldError, load_manifest
 
 logger = logging.getLogger(__name__)
@@ -76,9 +79,36 @@ class BootstrapSettings:
     llm_seq_len: int = 128
     llm_lr: float = 3e-3
     llm_eval_tokens: int = 16384
+    # "llama": the world's Llama on its SentencePiece tokenizer, vicuna_v1 text (as always); another
+    # key of llava.tiny.TINY_LM_VARIANTS bootstraps that family on its own tokenizer kind and template
+    llm_variant: str = "llama"
+
+    def check(self) -> None:
+        """ValueError naming `llm_variant` when it is neither "llama" nor a tiny LM variant."""
+        if self.llm_variant != DEFAULT_LLM_VARIANT:
+            tiny_lm_variant(self.llm_variant)
 
     def with_seed(self, seed: int) -> BootstrapSettings:
         return replace(self, seed=seed)
+
+
+DEFAULT_LLM_VARIANT = "llama"
+# the template the world's default Llama reads its conversations in, and its stage 2 trains with
+DEFAULT_TEMPLATES = ("vicuna_v1", "v1")
+
+
+def text_template(settings: BootstrapSettings) -> str:
+    """The chat template the bootstrapped LLM learns its conversations in."""
+    if settings.llm_variant == DEFAULT_LLM_VARIANT:
+        return DEFAULT_TEMPLATES[0]
+    return tiny_lm_variant(settings.llm_variant).template
+
+
+def stage2_template(settings: BootstrapSettings) -> str:
+    """The `--version` (and evaluation conv mode) of stage 2 on the bootstrapped LLM."""
+    if settings.llm_variant == DEFAULT_LLM_VARIANT:
+        return DEFAULT_TEMPLATES[1]
+    return tiny_lm_variant(settings.llm_variant).template
 
 
 DEFAULT_SETTINGS = BootstrapSettings()
@@ -89,10 +119,11 @@ CLIP_PATCH_SIZE = 14
 
 def _versions() -> dict[str, str]:
     import sentencepiece
+    import tokenizers
     import transformers
 
     return {"torch": torch.__version__, "transformers": transformers.__version__,
-            "sentencepiece": sentencepiece.__version__}
+            "sentencepiece": sentencepiece.__version__, "tokenizers": tokenizers.__version__}
 
 
 def cache_key(manifest: dict[str, Any], settings: BootstrapSettings) -> str:
@@ -108,22 +139,23 @@ def _read_pairs(world: Path, key: str) -> list[tuple[str, str]]:
     return [(r["image"], r["conversations"][1]["value"]) for r in records]
 
 
-def render_vicuna(conversations: list[dict[str, str]]) -> str:
-    """A LLaVA conversation as the vicuna_v1 prompt text the LLM reads, `<image>` removed."""
-    conv = conv_templates["vicuna_v1"].copy()
+def render_conversation(conversations: list[dict[str, str]], template: str = "vicuna_v1") -> str:
+    """A LLaVA conversation as the `template` prompt text the LLM reads, `<image>` removed."""
+    conv = conv_templates[template].copy()
     for turn in conversations:
         text = turn["value"].replace(f"{DEFAULT_IMAGE_TOKEN}\n", "").replace(f"\n{DEFAULT_IMAGE_TOKEN}", "")
         conv.append_message(conv.roles[0] if turn["from"] == "human" else conv.roles[1], text.strip())
     return conv.get_prompt()
 
 
-def world_texts(world: Path, split: str) -> list[str]:
-    """Every text of a split: captions alone, then each pretraining and instruction conversation."""
+def world_texts(world: Path, split: str, template: str = "vicuna_v1") -> list[str]:
+    """Every text of a split: captions alone, then each pretraining and instruction conversation
+    rendered with `template`."""
     suffix = "" if split == "train" else "_eval"
     pretrain = json.loads((world / WORLD_FILES[f"pretrain{suffix}"]).read_text())
     instruct = json.loads((world / WORLD_FILES[f"instruct{suffix}"]).read_text())
     captions = [r["conversations"][1]["value"] for r in pretrain]
-    return captions + [render_vicuna(r["conversations"]) for r in pretrain + instruct]
+    return captions + [render_conversation(r["conversations"], template) for r in pretrain + instruct]
 
 
 # ---------------------------------------------------------------- CLIP
@@ -265,9 +297,12 @@ def train_clip(world: Path, out_dir: Path, settings: BootstrapSettings) -> dict[
 
 
 def _token_stream(tokenizer, texts: list[str]) -> torch.Tensor:
-    """All texts tokenised (each with its BOS) and concatenated, (T,) int64."""
+    """All texts tokenised (each with its BOS) and concatenated, (T,) int64. A tokenizer that adds
+    no BOS (Qwen's) ends each text with its EOS instead, so texts stay apart."""
     ids = tokenizer(texts, add_special_tokens=True)["input_ids"]
-    return torch.tensor([i for row in ids for i in row], dtype=torch.long)
+    bos = tokenizer.bos_token_id
+    end = [] if bos is not None and all(row[:1] == [bos] for row in ids) else [tokenizer.eos_token_id]
+    return torch.tensor([i for row in ids for i in [*row, *end]], dtype=torch.long)
 
 
 @torch.no_grad()
@@ -294,16 +329,22 @@ def unigram_perplexity(train: torch.Tensor, held_out: torch.Tensor, vocab_size: 
 
 
 def train_llm(world: Path, out_dir: Path, settings: BootstrapSettings) -> dict[str, Any]:
-    """Train and save the Llama folder; returns its quality and training numbers."""
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    """Train and save the LLM folder (the Llama, or `settings.llm_variant`'s family); returns its
+    quality and training numbers."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    train_texts, eval_texts = world_texts(world, "train"), world_texts(world, "eval")
-    build_tiny_llama(out_dir, [*train_texts, *VICUNA_SYSTEM_PROMPTS], vocab_size=settings.llm_vocab,
-                     hidden_size=settings.llm_hidden, intermediate_size=settings.llm_intermediate,
-                     num_hidden_layers=settings.llm_layers, num_attention_heads=settings.llm_heads,
-                     max_position_embeddings=settings.llm_max_positions, seed=settings.seed)
+    template = text_template(settings)
+    train_texts, eval_texts = world_texts(world, "train", template), world_texts(world, "eval", template)
+    sizes = {"hidden_size": settings.llm_hidden, "intermediate_size": settings.llm_intermediate,
+             "num_hidden_layers": settings.llm_layers, "num_attention_heads": settings.llm_heads,
+             "max_position_embeddings": settings.llm_max_positions, "seed": settings.seed}
+    vocab = settings.llm_vocab
+    if settings.llm_variant == DEFAULT_LLM_VARIANT:
+        build_tiny_llama(out_dir, [*train_texts, *VICUNA_SYSTEM_PROMPTS], vocab_size=vocab, **sizes)
+    else:
+        build_tiny_lm_variant(settings.llm_variant, out_dir, train_texts, vocab_size=vocab, **sizes)
     tokenizer = AutoTokenizer.from_pretrained(str(out_dir))
-    model = LlamaForCausalLM.from_pretrained(str(out_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(out_dir))
     train_stream = _token_stream(tokenizer, train_texts)
     # the held-out stream's head is enough for a stable estimate and keeps the two passes cheap
     eval_stream = _token_stream(tokenizer, eval_texts)[:settings.llm_eval_tokens]
@@ -349,6 +390,7 @@ def bootstrap_world(world_dir: str | Path, out_dir: str | Path,
     relative to `out_dir`. The report is written last, so an interrupted run is redone. A folder
     that is not a complete world (or one too small to train on) raises `WorldError`.
     """
+    settings.check()
     world, out_dir = Path(world_dir), Path(out_dir)
     key = cache_key(load_manifest(world), settings)
     report_path = out_dir / REPORT_NAME
@@ -376,8 +418,9 @@ def bootstrap_world(world_dir: str | Path, out_dir: str | Path,
         torch.set_num_threads(threads)
     seconds["llm"] = time.perf_counter() - start - seconds["clip"]
     seconds["total"] = time.perf_counter() - start
-    logger.info("Llama: held-out perplexity %.2f (unigram %.2f, uniform %.0f) in %.1f s", llm["perplexity"],
-                llm["unigram_perplexity"], llm["uniform_perplexity"], seconds["llm"])
+    logger.info("LLM (%s): held-out perplexity %.2f (unigram %.2f, uniform %.0f) in %.1f s",
+                settings.llm_variant,
+                llm["perplexity"], llm["unigram_perplexity"], llm["uniform_perplexity"], seconds["llm"])
     report = {"cache_key": key, "settings": asdict(settings), "clip": clip, "llm": llm, "seconds": seconds,
               "clip_dir": "clip", "llm_dir": "llm"}
     out_dir.mkdir(parents=True, exist_ok=True)
