@@ -150,8 +150,8 @@ def format_report(metrics: Mapping[str, Any]) -> str:
         f"Stage 1: {settings['stage1']['steps']} steps of {settings['stage1']['batch_size']}; stage 2: "
         f"{settings['stage2']['steps']} steps of {settings['stage2']['batch_size']}; identical data, steps "
         f"and seed for every run. Numbers: {spread}. Analysis on the held-out PAD file and its views "
-        "(stage-1 projectors; 'after stage 2': the stage-2 model's projector); evaluation on the held-out "
-        "questions (stage-2 models).",
+        "(stage-1 projectors, square geometry; 'after stage 2': the stage-2 model's projector, in "
+        "stage 2's pad geometry); evaluation on the held-out questions (stage-2 models).",
         "",
         format_table(metrics["summary"], metrics["baselines"]),
         "",
