@@ -1,6 +1,7 @@
 """`llm_variant`: the world's LLM bootstrapped as another family, on its own tokenizer and template."""
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -59,3 +60,40 @@ def test_a_qwen2_world_llm_is_a_qwen2_model_on_a_byte_level_tokenizer_that_learn
     quality = report["llm"]
     assert quality["perplexity"] < quality["unigram_perplexity"] < quality["uniform_perplexity"]
     assert report["settings"]["llm_variant"] == "qwen2"
+
+
+# ---------------------------------------------------------------- the demo on another family
+
+
+def test_the_demo_trains_and_evaluates_stage2_in_the_familys_template():
+    from patch_align.world.demo import DEFAULT_PRESET, DemoPaths, RunSpec, eval_conv_mode, stage2_command
+
+    paths = DemoPaths(world=Path("/w"), clip=Path("/b/clip"), llm=Path("/b/llm"), sea_labels=None)
+    run = RunSpec("caption", 0, Path("/o/runs/caption-seed0"))
+    qwen = replace(DEFAULT_PRESET, bootstrap=replace(DEFAULT_PRESET.bootstrap, llm_variant="qwen2"))
+    for preset, version, conv_mode in ((DEFAULT_PRESET, "v1", "llava_v1"), (qwen, "qwen_2", "qwen_2")):
+        command = stage2_command(run, paths, preset)
+        assert command[command.index("--version") + 1] == version
+        assert eval_conv_mode(preset.bootstrap) == conv_mode
+
+
+def test_an_unknown_llm_family_is_a_command_error_naming_the_choices(capsys):
+    from patch_align.cli import main
+
+    assert main(["demo", "--llm-family", "qwen9", "--out", "/nonexistent/never-written"]) == 2
+    assert "--llm-family 'qwen9' is not one of: llama, llama2, llama3" in capsys.readouterr().err
+
+
+def test_the_demo_runs_end_to_end_on_a_qwen2_world_llm(tmp_path):
+    from patch_align.world.demo import DemoOptions, run_demo
+    from tests.test_demo import SMOKE_PRESET
+
+    preset = replace(SMOKE_PRESET, bootstrap=replace(SMOKE_PRESET.bootstrap, llm_variant="qwen2"))
+    metrics = run_demo(DemoOptions(out=tmp_path, preset=preset, methods=("patch_align",), device="cpu",
+                                   progress=False))
+    assert not metrics["failed_runs"]
+    stage2 = json.loads((tmp_path / "runs/patch_align-seed0/stage2/config.json").read_text())
+    assert (stage2["model_type"], stage2["mm_conv_template"]) == ("llava_qwen", "qwen_2")
+    suite = json.loads((tmp_path / "eval_suite.json").read_text())
+    assert suite["defaults"]["conv_mode"] == "qwen_2"
+    assert metrics["settings"]["bootstrap"]["llm_variant"] == "qwen2"

@@ -9,6 +9,7 @@ import argparse
 import json
 import time
 
+from llava.tiny import TINY_LM_VARIANTS
 from patch_align.cli import CommandError, output_folder, set_command
 from patch_align.world.generator import WorldError, WorldSpec
 from patch_align.world.scene import PALETTE, SHAPES, SIZE_FRACTIONS, SceneSpec
@@ -118,6 +119,11 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="an ablation (docs/demo.md, Studies): beta = β_max × schedule; "
                              "projector = linear vs "
                              "mlp2x_gelu × objective, and stage 2's treatment of the projector")
+    demo.add_argument("--llm-family", default="llama", metavar="VARIANT",
+                      help="the world's LLM: llama (default: Llama, SentencePiece, vicuna_v1) or a tiny LM "
+                           "variant of another family on its own tokenizer kind and chat template: "
+                           f"{', '.join(TINY_LM_VARIANTS)} (docs/backbones.md); the default --out gets "
+                           "-VARIANT appended")
     demo.add_argument("--seeds", type=int, default=1,
                       help="repeat stage 1/2 and evaluation with seeds 0..N-1 and report mean ± std")
     demo.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
@@ -137,9 +143,11 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_demo_command(args: argparse.Namespace) -> int:
     import logging
     import sys
+    from dataclasses import replace
     from pathlib import Path
 
     from patch_align.world import demo
+    from patch_align.world.bootstrap import DEFAULT_LLM_VARIANT
     from patch_align.world.demo_report import format_table
     from patch_align.world.studies import STUDIES
 
@@ -153,6 +161,12 @@ def run_demo_command(args: argparse.Namespace) -> int:
         preset, default_out = demo.FULL_PRESET, "runs/demo-full"
     else:
         preset, default_out = demo.QUICK_PRESET if args.quick else demo.DEFAULT_PRESET, "runs/demo"
+    if args.llm_family != DEFAULT_LLM_VARIANT:
+        if args.llm_family not in TINY_LM_VARIANTS:
+            raise CommandError(f"--llm-family {args.llm_family!r} is not one of: "
+                               f"{DEFAULT_LLM_VARIANT}, {', '.join(TINY_LM_VARIANTS)}")
+        preset = replace(preset, bootstrap=replace(preset.bootstrap, llm_variant=args.llm_family))
+        default_out = f"{default_out}-{args.llm_family}"
     args.out = args.out or default_out
     try:
         options = demo.DemoOptions(out=Path(args.out), preset=preset, seeds=args.seeds,

@@ -30,7 +30,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from patch_align.world.bootstrap import CLIP_PATCH_SIZE, DEFAULT_SETTINGS, QUICK_SETTINGS, BootstrapSettings
+from patch_align.world.bootstrap import (
+    CLIP_PATCH_SIZE,
+    DEFAULT_LLM_VARIANT,
+    DEFAULT_SETTINGS,
+    QUICK_SETTINGS,
+    BootstrapSettings,
+    stage2_template,
+)
 from patch_align.world.cli import add_demo_parser as add_parser  # noqa: F401 (`demo`'s GROUPS entry)
 from patch_align.world.generator import WORLD_FILES, WorldSpec
 from patch_align.world.scene import SceneSpec
@@ -320,11 +327,11 @@ def stage1_command(run: RunSpec, paths: DemoPaths, preset: DemoPreset, report_to
 
 def stage2_command(run: RunSpec, paths: DemoPaths, preset: DemoPreset, report_to: str = "none") -> list[str]:
     """The stage-2 (instruction tuning) command line from the run's stage-1 projector: upstream's
-    finetune.sh flags (v1 template, pad geometry, modality-grouped batches) on the world's instructions.
-    With `preset.stage2_eval_every`, the model is also saved every that many steps (weights only) for
-    the learning curves."""
+    finetune.sh flags (v1 template, or the bootstrapped family's; pad geometry, modality-grouped
+    batches) on the world's instructions. With `preset.stage2_eval_every`, the model is also saved
+    every that many steps (weights only) for the learning curves."""
     command = [sys.executable, "-m", "llava.train.train",
-               "--version", "v1",
+               "--version", stage2_template(preset.bootstrap),
                "--data_path", str(paths.world / WORLD_FILES["instruct"]),
                "--pretrain_mm_mlp_adapter", str(run.stage1 / "mm_projector.bin"),
                "--image_aspect_ratio", "pad",
@@ -337,8 +344,14 @@ def stage2_command(run: RunSpec, paths: DemoPaths, preset: DemoPreset, report_to
     return with_flags(command, run.stage2_flags)
 
 
+def eval_conv_mode(settings: BootstrapSettings) -> str:
+    """The template the demo evaluates stage 2 with: llava_v1 for the world's Llama (as always), else
+    the bootstrapped family's own template, the one its stage 2 trained with."""
+    return "llava_v1" if settings.llm_variant == DEFAULT_LLM_VARIANT else stage2_template(settings)
+
+
 def eval_suite(world: Path, suite_folder: Path, captions: bool = True,
-               slot_words: Sequence[str] | None = None) -> dict[str, Any]:
+               slot_words: Sequence[str] | None = None, conv_mode: str = "llava_v1") -> dict[str, Any]:
     """The `patch-align eval` suite of the world's held-out files: REC (Acc@0.5), VQA (exact match,
     one answer per question, hence the `gqa` task type) and, if `captions`, captions (CIDEr).
 
@@ -365,7 +378,7 @@ def eval_suite(world: Path, suite_folder: Path, captions: bool = True,
         tasks.append({"name": "caption", "type": "caption", "question_file": file("caption_questions"),
                       "annotation_file": file("caption_references"), "image_folder": folder,
                       "max_new_tokens": 40, **baseline})
-    return {"defaults": {"conv_mode": "llava_v1"}, "tasks": tasks}
+    return {"defaults": {"conv_mode": conv_mode}, "tasks": tasks}
 
 
 # ---------------------------------------------------------------- numbers (pure)
@@ -785,7 +798,8 @@ def _slot_words(spec: dict[str, Any]) -> list[str]:
 def _evaluate(runs: list[_RunState], world: Path, options: DemoOptions, results: dict[str, Any]) -> str:
     suite_path = options.out / "eval_suite.json"
     spec = json.loads((world / "world.json").read_text())["spec"]
-    suite = eval_suite(world, suite_path.parent, captions=captions_scorable(), slot_words=_slot_words(spec))
+    suite = eval_suite(world, suite_path.parent, captions=captions_scorable(), slot_words=_slot_words(spec),
+                       conv_mode=eval_conv_mode(options.preset.bootstrap))
     suite_path.write_text(json.dumps(suite, indent=2) + "\n")
     eval_dir = options.out / "eval"
     shutil.rmtree(eval_dir, ignore_errors=True)
@@ -818,7 +832,7 @@ def _vqa_categories(answers_file: Path, world: Path) -> dict[str, dict[str, floa
 
 
 def _answer_nll(checkpoint: Path, world: Path, records: list[dict[str, Any]],
-                device: str) -> dict[str, float]:
+                device: str, conv_mode: str) -> dict[str, float]:
     """Held-out teacher-forced answer NLL (nats/token) per task of one stage-2 checkpoint."""
     import torch
 
@@ -832,7 +846,7 @@ def _answer_nll(checkpoint: Path, world: Path, records: list[dict[str, Any]],
     model.eval()
     with torch.inference_mode():
         groups = answer_nll((tokenizer, model, image_processor), records, world / WORLD_FILES["image_folder"],
-                            "llava_v1")
+                            conv_mode)
     return {f"nll_{task}": entry["mean_nll"] for task, entry in groups.items()}
 
 
@@ -842,7 +856,7 @@ def _curves(runs: list[_RunState], paths: DemoPaths, options: DemoOptions, state
     records; state["curves"]: run → [{step, rec_acc50, vqa_accuracy, vqa_binding, nll_<task>}]."""
     preset, world = options.preset, paths.world
     suite_path = options.out / "eval_suite_curves.json"
-    suite = eval_suite(world, suite_path.parent, captions=False)
+    suite = eval_suite(world, suite_path.parent, captions=False, conv_mode=eval_conv_mode(preset.bootstrap))
     suite_path.write_text(json.dumps(suite, indent=2) + "\n")
     curve_dir = options.out / "eval_curves"
     shutil.rmtree(curve_dir, ignore_errors=True)
@@ -864,7 +878,8 @@ def _curves(runs: list[_RunState], paths: DemoPaths, options: DemoOptions, state
             curves[name].append({"step": step, "rec_acc50": tasks["rec"]["metrics"]["acc@0.5"],
                                  "vqa_accuracy": tasks["vqa"]["metrics"]["exact_match"],
                                  "vqa_binding": categories.get("binding", {}).get("accuracy"),
-                                 **_answer_nll(folder, world, records, options.device)})
+                                 **_answer_nll(folder, world, records, options.device,
+                                              eval_conv_mode(preset.bootstrap))})
     state["curves"] = curves
     return f"{sum(len(s) for s in points.values())} checkpoints in {curve_dir}"
 
