@@ -13,7 +13,6 @@ string of a template, and the device choice with CPU fallback.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 from collections.abc import Sequence
@@ -32,7 +31,7 @@ from llava.conversation import Conversation, SeparatorStyle, conv_templates
 from llava.eval.generation import generate_batch
 from llava.mm_utils import get_model_name_from_path
 from llava.model.builder import load_pretrained_model
-from llava.model.checkpoints import TRAINED_TEMPLATE_KEY
+from llava.model.checkpoints import TRAINED_TEMPLATE_KEY, read_config_dict
 from llava.paths import resolve_model_path
 
 logger = logging.getLogger(__name__)
@@ -61,8 +60,8 @@ def trained_conv_mode(model_path: str | Path) -> str | None:
     if not config.is_file():
         return None
     try:
-        recorded = json.loads(config.read_text()).get(TRAINED_TEMPLATE_KEY)
-    except (OSError, ValueError) as error:
+        recorded = read_config_dict(model_path).get(TRAINED_TEMPLATE_KEY)
+    except ValueError as error:  # json.JSONDecodeError
         raise ValueError(f"{config} is not readable JSON ({error})") from error
     if recorded is not None and recorded not in conv_templates:
         raise ValueError(f"{config} records {TRAINED_TEMPLATE_KEY}={recorded!r}, which is not a template; "

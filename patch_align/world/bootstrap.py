@@ -93,21 +93,22 @@ class BootstrapSettings:
 
 
 DEFAULT_LLM_VARIANT = "llama"
-# the template the world's default Llama reads its conversations in, and its stage 2 trains with
-DEFAULT_TEMPLATES = ("vicuna_v1", "v1")
+# the templates of the world's default Llama: its conversations are read in vicuna_v1 and its stage 2
+# trains with upstream's `--version v1`
+LLAMA_TEXT_TEMPLATE, LLAMA_STAGE2_VERSION = "vicuna_v1", "v1"
 
 
 def text_template(settings: BootstrapSettings) -> str:
     """The chat template the bootstrapped LLM learns its conversations in."""
     if settings.llm_variant == DEFAULT_LLM_VARIANT:
-        return DEFAULT_TEMPLATES[0]
+        return LLAMA_TEXT_TEMPLATE
     return tiny_lm_variant(settings.llm_variant).template
 
 
 def stage2_template(settings: BootstrapSettings) -> str:
     """The `--version` (and evaluation conv mode) of stage 2 on the bootstrapped LLM."""
     if settings.llm_variant == DEFAULT_LLM_VARIANT:
-        return DEFAULT_TEMPLATES[1]
+        return LLAMA_STAGE2_VERSION
     return tiny_lm_variant(settings.llm_variant).template
 
 
