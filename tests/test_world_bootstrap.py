@@ -174,3 +174,52 @@ def test_quick_preset_learns_well_beyond_chance_within_its_budget(tmp_path, caps
     assert report["llm"]["perplexity"] < 0.5 * report["llm"]["unigram_perplexity"]
     assert elapsed < 90
     assert '"cached": false' in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- CLIP position codes
+
+
+def test_the_sincos_table_codes_row_then_column_at_unit_rms():
+    from patch_align.world.bootstrap import sincos_position_table
+
+    # grid 2, width 4: one frequency (1 rad per patch); patches in raster order (0,0) (0,1) (1,0) (1,1),
+    # each row [sin r, cos r, sin c, cos c]; every patch has squared norm 2, so RMS √(1/2) is divided out
+    s, c = torch.sin(torch.tensor(1.0)).item(), torch.cos(torch.tensor(1.0)).item()
+    expected = torch.tensor([[0, 1, 0, 1], [0, 1, s, c], [s, c, 0, 1], [s, c, s, c]]) * 2 ** 0.5
+    assert torch.allclose(sincos_position_table(2, 4), expected, atol=1e-6)
+    table = sincos_position_table(6, 64)
+    assert table.shape == (36, 64) and table.pow(2).mean().item() == pytest.approx(1.0)
+    assert len({tuple(row.tolist()) for row in table}) == 36  # every patch its own code
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_position_table(6, 30)
+
+
+def test_a_position_scale_starts_the_clip_position_embeddings_from_the_scaled_table(world, tmp_path):
+    from transformers import CLIPModel
+
+    from patch_align.world.bootstrap import sincos_position_table, train_clip
+
+    settings = replace(TINY_SETTINGS, clip_steps=1, clip_lr=1e-12, clip_position_scale=2.0)
+    train_clip(world, tmp_path / "clip", settings)
+    embeddings = CLIPModel.from_pretrained(str(tmp_path / "clip")).vision_model.embeddings
+    weights, grid = embeddings.position_embedding.weight.detach(), settings.clip_image_size // 14
+    assert torch.allclose(weights[0], torch.zeros(weights.shape[1]), atol=1e-6)  # the class token: no code
+    # the table itself, times one positive scale for every patch (one step at lr 1e-12 moves nothing)
+    table = sincos_position_table(grid, weights.shape[1])
+    scale = (weights[1:] * table).sum() / table.pow(2).sum()
+    assert scale.item() > 0 and torch.allclose(weights[1:], scale * table, atol=1e-5)
+
+
+def test_the_position_probe_reads_a_place_code_exactly_and_noise_at_chance():
+    from patch_align.world.bootstrap import position_probe_accuracy
+
+    generator = torch.Generator().manual_seed(0)
+    place = torch.eye(16).expand(20, 16, 16)  # 4×4 patches whose features are their one-hot place
+    coded = position_probe_accuracy(place + 0.01 * torch.randn(20, 16, 16, generator=generator),
+                                    place[:10] + 0.01 * torch.randn(10, 16, 16, generator=generator))
+    assert coded == {"chance": 0.25, "row": 1.0, "col": 1.0}
+    noise = position_probe_accuracy(torch.randn(20, 16, 16, generator=generator),
+                                    torch.randn(200, 16, 16, generator=generator))
+    assert noise["row"] < 0.35 and noise["col"] < 0.35  # chance 0.25; 3,200 held-out patches
+    with pytest.raises(ValueError, match="G²"):
+        position_probe_accuracy(torch.zeros(2, 15, 4), torch.zeros(2, 15, 4))

@@ -195,3 +195,65 @@ def test_a_bad_layout_grid_is_refused(grid, tmp_path):
         make_world(tmp_path, WorldSpec(n_train=1, n_eval=1, scene=SceneSpec(layout_grid=grid)))
     with pytest.raises(ValueError, match="layout_grid"):
         make_world(tmp_path, WorldSpec(n_train=1, n_eval=1, scene=SceneSpec(layout_grid=2, objects_max=5)))
+
+
+# ---------------------------------------------------------------- grid-snapped REC training answers
+
+
+def _rec_answers(world: Path) -> list[str]:
+    records = json.loads((world / WORLD_FILES["instruct"]).read_text())
+    return [turn["value"] for r in records if r["id"].endswith("-rec")
+            for turn in r["conversations"] if turn["from"] == "gpt"]
+
+
+def test_a_rec_answer_grid_snaps_every_training_answer_to_the_grid_lines(tmp_path):
+    make_world(tmp_path / "g6", WorldSpec(n_train=12, n_eval=3, rec_answer_grid=6))
+    answers = _rec_answers(tmp_path / "g6")
+    lines = {f"{k / 6:.2f}" for k in range(7)}  # 0.00, 0.17, 0.33, 0.50, 0.67, 0.83, 1.00
+    values = [v.strip() for a in answers for v in a.strip("[]").split(",")]
+    assert answers and set(values) <= lines
+
+
+def test_the_rec_answer_grid_changes_only_the_training_answers_not_the_scored_truth(tmp_path):
+    make_world(tmp_path / "exact", WorldSpec(n_train=12, n_eval=3))
+    make_world(tmp_path / "g6", WorldSpec(n_train=12, n_eval=3, rec_answer_grid=6))
+    assert _rec_answers(tmp_path / "exact") != _rec_answers(tmp_path / "g6")
+    for name in ("rec_questions", "vqa_questions", "pad_train", "pretrain"):
+        assert (tmp_path / "exact" / WORLD_FILES[name]).read_bytes() == \
+               (tmp_path / "g6" / WORLD_FILES[name]).read_bytes()
+    # an exact answer snaps to the same grid box the oracle gives for that object
+    scenes = read_jsonl(tmp_path / "exact" / "scenes" / "train.jsonl")
+    obj, scene = scenes[0]["objects"][0], scenes[0]
+    snapped, _ = grid_snapped_box(obj["bbox_xyxy"], scene["width"], scene["height"], 6)
+    assert f"[{', '.join(f'{v:.2f}' for v in snapped)}]" in _rec_answers(tmp_path / "g6")
+
+
+def test_a_negative_rec_answer_grid_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="rec_answer_grid"):
+        make_world(tmp_path, WorldSpec(n_train=1, n_eval=1, rec_answer_grid=-1))
+
+
+def _question_answer_pairs(record: dict) -> list[tuple[str, str]]:
+    turns = record["conversations"]
+    return [(q["value"].replace("<image>", "").strip(), a["value"])
+            for q, a in zip(turns[::2], turns[1::2], strict=True)]
+
+
+def test_more_rec_records_per_image_add_reordered_rec_conversations_and_change_nothing_else(tmp_path):
+    make_world(tmp_path / "one", WorldSpec(n_train=6, n_eval=2))
+    make_world(tmp_path / "three", WorldSpec(n_train=6, n_eval=2, rec_records_per_image=3))
+    one = json.loads((tmp_path / "one" / WORLD_FILES["instruct"]).read_text())
+    three = json.loads((tmp_path / "three" / WORLD_FILES["instruct"]).read_text())
+    extra = [r for r in three if r["id"].endswith(("-rec2", "-rec3"))]
+    assert [r for r in three if r not in extra] == one  # the first REC record and all else unchanged
+    assert len(extra) == 2 * 6
+    by_id = {r["id"]: r for r in three}
+    for record in extra:
+        first = by_id[record["id"].rsplit("-", 1)[0] + "-rec"]
+        # the same objects and boxes (the image tag is on whichever turn comes first)
+        assert sorted(_question_answer_pairs(record)) == sorted(_question_answer_pairs(first))
+    for name in ("instruct_eval", "rec_questions", "vqa_questions", "pad_train"):
+        assert (tmp_path / "one" / WORLD_FILES[name]).read_bytes() == \
+               (tmp_path / "three" / WORLD_FILES[name]).read_bytes()
+    with pytest.raises(ValueError, match="rec_records_per_image"):
+        make_world(tmp_path / "zero", WorldSpec(n_train=1, n_eval=1, rec_records_per_image=0))

@@ -68,6 +68,13 @@ class BootstrapSettings:
     clip_steps: int = 300
     clip_batch: int = 64
     clip_lr: float = 2e-3
+    # 0: the CLIP's position embeddings start as transformers initialises them (small: a patch then
+    # barely knows where it is, docs/demo.md §2); s > 0: they start as a 2D sine-cosine table whose
+    # per-token norm is s × the mean norm of the patch embeddings of the first training batch (still
+    # trained). A CLIP whose patches keep their place is what a model needs to answer boxes.
+    clip_position_scale: float = 0.0
+    # training images (padded view) the patch-position probe is fit on; it is scored on the held-out ones
+    clip_probe_images: int = 300
     llm_vocab: int = 512
     llm_hidden: int = 128
     llm_intermediate: int = 256
@@ -209,6 +216,82 @@ def _clip_views(world: Path, images: list[str], processor) -> torch.Tensor:
     return torch.stack(views)
 
 
+def sincos_position_table(grid: int, dim: int) -> torch.Tensor:
+    """(grid², dim) 2D sine-cosine codes of a grid×grid raster of patches, unit RMS per entry.
+
+    The first dim/2 channels code the row, the rest the column, each as sines and cosines of
+    geometric frequencies (as in the Transformer's 1D code); `dim` must be a multiple of 4.
+    """
+    if dim % 4:
+        raise ValueError(f"a 2D sine-cosine table needs a width divisible by 4, got {dim}")
+    quarter = dim // 4
+    frequencies = 1.0 / (100.0 ** (torch.arange(quarter, dtype=torch.float64) / quarter))
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64),
+                                torch.arange(grid, dtype=torch.float64), indexing="ij")
+    codes = []
+    for coordinate in (rows.reshape(-1), cols.reshape(-1)):
+        angles = coordinate[:, None] * frequencies[None, :]
+        codes += [angles.sin(), angles.cos()]
+    table = torch.cat(codes, dim=1)
+    return (table / table.pow(2).mean().sqrt()).float()
+
+
+def _set_position_codes(model, pixels: torch.Tensor, scale: float) -> None:
+    """Start the vision tower's position embeddings as `sincos_position_table`, scaled so each
+    patch's code has `scale` × the mean norm of the patch embeddings of `pixels` (B, 3, S, S); the
+    class token's entry is zero."""
+    embeddings = model.vision_model.embeddings
+    with torch.no_grad():
+        patches = embeddings.patch_embedding(pixels).flatten(2).transpose(1, 2)  # (B, N, D)
+        grid, dim = int(math.isqrt(patches.shape[1])), patches.shape[2]
+        table = sincos_position_table(grid, dim)
+        table = table * (scale * patches.norm(dim=-1).mean() / table.norm(dim=-1).mean())
+        embeddings.position_embedding.weight.copy_(torch.cat([torch.zeros(1, dim), table]))
+
+
+@torch.enable_grad()
+def position_probe_accuracy(features: torch.Tensor, held_out: torch.Tensor, steps: int = 300,
+                            seed: int = 0) -> dict[str, float]:
+    """How well a linear read-out finds each patch's row and column from its features.
+
+    `features` (N, P, D) patch features of N images (P = G² patches, raster order) fit one softmax
+    regression per axis; `held_out` (M, P, D) scores it. Returns held-out {"row", "col"} accuracy and
+    `chance` (1/G). A tower whose patches keep their place scores near 1; box answers need that.
+    """
+    grid = math.isqrt(features.shape[1])
+    if grid * grid != features.shape[1] or held_out.shape[1:] != features.shape[1:]:
+        raise ValueError(f"need (N, G², D) features of one shape, got {tuple(features.shape)} and "
+                         f"{tuple(held_out.shape)}")
+    mean, std = features.mean(dim=(0, 1)), features.std(dim=(0, 1)) + 1e-6
+    train, test = ((f - mean) / std for f in (features, held_out))
+    place = torch.arange(grid * grid)
+    scores = {"chance": 1.0 / grid}
+    generator = torch.Generator().manual_seed(seed)
+    for axis, target in (("row", place // grid), ("col", place % grid)):
+        weight = (torch.randn(train.shape[-1], grid, generator=generator) * 0.01).requires_grad_()
+        bias = torch.zeros(grid, requires_grad=True)
+        optimizer = torch.optim.Adam([weight, bias], lr=1e-2)
+        labels = target.repeat(train.shape[0])
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(train.flatten(0, 1) @ weight + bias, labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            guess = (test.flatten(0, 1) @ weight + bias).argmax(dim=-1)
+        scores[axis] = (guess == target.repeat(test.shape[0])).float().mean().item()
+    return scores
+
+
+@torch.no_grad()
+def _patch_features(model, pixels: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """(N, P, D) patch features of the vision tower at layer -2 (LLaVA's `--mm_vision_select_layer
+    -2`, class token dropped) for pixels (N, 3, S, S)."""
+    parts = [model.vision_model(pixel_values=pixels[i:i + batch], output_hidden_states=True)
+             .hidden_states[-2][:, 1:] for i in range(0, len(pixels), batch)]
+    return torch.cat(parts)
+
+
 def _warmup_cosine(steps: int):
     warmup = max(1, steps // 10)
     return lambda step: (min(1.0, (step + 1) / warmup)
@@ -266,6 +349,8 @@ def train_clip(world: Path, out_dir: Path, settings: BootstrapSettings) -> dict[
     eval_pixels = _clip_views(world, [i for i, _ in eval_pairs], processor)[:, 1]
     eval_text = tokenizer([c for _, c in eval_pairs], padding=True, return_tensors="pt")
     eval_captions = [c for _, c in eval_pairs]
+    if settings.clip_position_scale > 0:
+        _set_position_codes(model, train_pixels[:settings.clip_batch, 1], settings.clip_position_scale)
     before = clip_retrieval_accuracy(model, eval_pixels, eval_text, eval_captions)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.clip_lr, weight_decay=0.1)
@@ -286,10 +371,16 @@ def train_clip(world: Path, out_dir: Path, settings: BootstrapSettings) -> dict[
         schedule.step()
         losses.append(loss.item())
     after = clip_retrieval_accuracy(model, eval_pixels, eval_text, eval_captions)
+    model.eval()
+    probe_images = min(len(train_pairs), settings.clip_probe_images)
+    position = position_probe_accuracy(_patch_features(model, train_pixels[:probe_images, 1]),
+                                       _patch_features(model, eval_pixels), seed=settings.seed)
     model.save_pretrained(str(out_dir))
     tail = losses[-max(1, len(losses) // 10):]
     return {"retrieval_top1": after["top1"], "retrieval_chance": after["chance"],
             "retrieval_top1_untrained": before["top1"], "eval_pairs": after["pairs"],
+            "position_probe_row": position["row"], "position_probe_col": position["col"],
+            "position_probe_chance": position["chance"],
             "train_pairs": len(train_pairs), "first_loss": losses[0], "final_loss": sum(tail) / len(tail),
             "image_size": size, "patch_grid": size // CLIP_PATCH_SIZE}
 
@@ -412,8 +503,10 @@ def bootstrap_world(world_dir: str | Path, out_dir: str | Path,
         with torch.random.fork_rng(devices=[]):
             clip = train_clip(world, out_dir / "clip", settings)
             seconds["clip"] = time.perf_counter() - start
-            logger.info("CLIP: retrieval top-1 %.3f (chance %.3f) in %.1f s", clip["retrieval_top1"],
-                        clip["retrieval_chance"], seconds["clip"])
+            logger.info("CLIP: retrieval top-1 %.3f (chance %.3f), patch row/col probe %.3f/%.3f "
+                        "(chance %.3f) in %.1f s", clip["retrieval_top1"], clip["retrieval_chance"],
+                        clip["position_probe_row"], clip["position_probe_col"],
+                        clip["position_probe_chance"], seconds["clip"])
             llm = train_llm(world, out_dir / "llm", settings)
     finally:
         torch.set_num_threads(threads)

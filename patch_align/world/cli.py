@@ -48,6 +48,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     make.add_argument("--held-out-pairs", nargs="*", default=list(spec.held_out_pairs), metavar="PAIR",
                       help="'<colour> <shape>' labels left out of the training PAD file, "
                            "e.g. 'purple triangle'")
+    make.add_argument("--rec-answer-grid", type=int, default=spec.rec_answer_grid, metavar="G",
+                      help="0: REC training answers are the exact box (LLaVA-1.5); G >= 1: the box snapped "
+                           "to a GxG grid of the padded square (scoring always uses the exact box)")
+    make.add_argument("--rec-records-per-image", type=int, default=spec.rec_records_per_image, metavar="K",
+                      help="REC conversations per training image, each asking every object in a new order")
     make.add_argument("--force", action="store_true", help="regenerate even when the folder has this spec")
     set_command(make, run_make)
 
@@ -72,7 +77,8 @@ def run_make(args: argparse.Namespace) -> int:
                         objects_max=args.objects_max, shapes=tuple(args.shapes), colours=tuple(args.colours),
                         sizes=tuple(args.sizes), min_visible=args.min_visible, layout_grid=args.layout_grid),
         caption_references=args.caption_references, vqa_per_image=args.vqa_per_image,
-        binding_per_image=args.binding_per_image, held_out_pairs=tuple(args.held_out_pairs))
+        binding_per_image=args.binding_per_image, held_out_pairs=tuple(args.held_out_pairs),
+        rec_answer_grid=args.rec_answer_grid, rec_records_per_image=args.rec_records_per_image)
     try:
         spec.check()
     except ValueError as err:

@@ -45,6 +45,15 @@ ALWAYS_SHOWN = frozenset({"delta_h", "align_miou", "pointing_accuracy", "mp_prec
                           "rec_acc50", "vqa_accuracy", "caption_cider", "stage1_train_s", "stage2_train_s"})
 
 
+def position_probe_text(clip: dict[str, Any]) -> str:
+    """", patch row / column read by a linear probe 0.81 / 0.82 (chance 0.167)" from a bootstrap
+    CLIP report; empty for a report from before the probe existed."""
+    if "position_probe_row" not in clip:
+        return ""
+    return (f", patch row / column read by a linear probe {clip['position_probe_row']:.3f} / "
+            f"{clip['position_probe_col']:.3f} (chance {clip['position_probe_chance']:.3f})")
+
+
 def measured_columns(summary: Summary) -> list[tuple[str, str, str]]:
     """The TABLE_COLUMNS shown: every preset's numbers, and the others some row measured (a preset
     without the held-out views shows none of those)."""
@@ -122,8 +131,8 @@ def format_report(metrics: Mapping[str, Any]) -> str:
         *([metrics["study"]["question"], ""] if metrics.get("study") else []),
         f"World: {world['train_images']} training / {world['eval_images']} held-out images "
         f"(`{settings['out']}/world`). Bootstrapped CLIP: held-out retrieval top-1 "
-        f"{boot['clip']['retrieval_top1']:.3f} (chance {boot['clip']['retrieval_chance']:.3f}); "
-        f"Llama: held-out perplexity {boot['llm']['perplexity']:.2f} "
+        f"{boot['clip']['retrieval_top1']:.3f} (chance {boot['clip']['retrieval_chance']:.3f})"
+        f"{position_probe_text(boot['clip'])}; Llama: held-out perplexity {boot['llm']['perplexity']:.2f} "
         f"(unigram {boot['llm']['unigram_perplexity']:.1f}).",
     ]
     ceiling = world.get("rec_oracle")

@@ -36,6 +36,7 @@ from llava.eval.rec import (
     format_box,
 )
 from patch_align.pad.masks import encode_mask
+from patch_align.world.oracle import grid_snapped_box
 from patch_align.world.scene import (
     Scene,
     SceneSpec,
@@ -92,6 +93,11 @@ class WorldSpec:
     `binding_per_image` binding questions on top (`text.binding_candidates`; fewer when fewer exist).
     `held_out_pairs`: "<colour> <shape>" labels left out of the training PAD file (their objects stay
     in the images, captions and questions), to test whether alignment generalises to unseen pairs.
+    `rec_answer_grid`: 0: REC answers are the exact visible box (2 decimals, as LLaVA-1.5); G >= 1:
+    the grid-snapped box of a G×G grid of the padded square (`oracle.grid_snapped_box`), so answers
+    take G + 1 values per edge. Evaluation always scores against the exact box.
+    `rec_records_per_image`: REC conversations per training image (each asks every object, in its
+    own random order; ids `-rec`, `-rec2`, ...), to give box answers more of stage 2's samples.
     """
 
     seed: int = 0
@@ -102,6 +108,8 @@ class WorldSpec:
     vqa_per_image: int = 3
     binding_per_image: int = 0
     held_out_pairs: tuple[str, ...] = ()
+    rec_answer_grid: int = 0
+    rec_records_per_image: int = 1
 
     def check(self) -> None:
         """Raise ValueError naming the bad property."""
@@ -111,6 +119,10 @@ class WorldSpec:
         if self.caption_references < 1 or self.vqa_per_image < 1:
             raise ValueError("caption_references and vqa_per_image must be >= 1, got "
                              f"{self.caption_references}, {self.vqa_per_image}")
+        if self.rec_answer_grid < 0:
+            raise ValueError(f"rec_answer_grid must be 0 (exact boxes) or G >= 1, got {self.rec_answer_grid}")
+        if self.rec_records_per_image < 1:
+            raise ValueError(f"rec_records_per_image must be >= 1, got {self.rec_records_per_image}")
         if self.binding_per_image < 0:
             raise ValueError(f"binding_per_image must be >= 0, got {self.binding_per_image}")
         pairs = {f"{c} {s}" for c in self.scene.colours for s in self.scene.shapes}
@@ -174,8 +186,11 @@ def pad_record(item: RenderedImage, labels: dict[int, str] | None = None) -> dic
             "height": item.scene.height, "regions": regions}
 
 
-def rec_answer(obj: VisibleObject, width: int, height: int) -> str:
-    """The box string LLaVA-1.5 is trained to answer, e.g. "[0.12, 0.30, 0.50, 0.90]"."""
+def rec_answer(obj: VisibleObject, width: int, height: int, grid: int = 0) -> str:
+    """The box string a model is trained to answer, e.g. "[0.12, 0.30, 0.50, 0.90]": the exact box
+    (`grid` 0, as LLaVA-1.5), or the grid-snapped box of a `grid`×`grid` padded square."""
+    if grid:
+        return format_box(grid_snapped_box(obj.bbox_xyxy, width, height, grid)[0])
     return format_box(box_to_padded_normalized(obj.bbox_xyxy, width, height, box_format="xyxy"))
 
 
@@ -242,8 +257,7 @@ class _SplitWriter:
             vqa += [binding[i] for i in sorted(chosen.tolist())]
         self.instruct += [
             _conversation(item, "caption", [(CAPTION_PROMPT, captions[0])]),
-            _conversation(item, "rec", [(REC_PROMPT.format(expression=referring_expression(o)),
-                                         rec_answer(o, width, height)) for o in rec_order]),
+            self._rec_conversation(item, "rec", rec_order),
             _conversation(item, "vqa", [(f"{q}\n{VQA_SUFFIX}", a) for _, q, a in vqa]),
         ]
         for obj in rec_order:
@@ -269,6 +283,16 @@ class _SplitWriter:
             self.counts[f"colour_{obj.colour}"] += 1
             self.counts[f"size_{obj.size}"] += 1
         self.counts[f"objects_per_image_{len(objects)}"] += 1
+        # drawn last, so the rest of the world is the same whatever the count
+        if self.split == "train":
+            for number in range(2, spec.rec_records_per_image + 1):
+                order = [objects[int(i)] for i in rng.permutation(len(objects))]
+                self.instruct.append(self._rec_conversation(item, f"rec{number}", order))
+
+    def _rec_conversation(self, item: RenderedImage, kind: str, order: list[VisibleObject]) -> dict[str, Any]:
+        width, height, grid = item.scene.width, item.scene.height, self.spec.rec_answer_grid
+        return _conversation(item, kind, [(REC_PROMPT.format(expression=referring_expression(o)),
+                                           rec_answer(o, width, height, grid)) for o in order])
 
     def _add_views(self, item: RenderedImage, first_order: list[int]) -> None:
         """The held-out analysis views of one eval image (records without a region are left out)."""
@@ -369,7 +393,8 @@ def make_world(out_dir: str | Path, spec: WorldSpec, *, reuse: bool = True) -> d
         "files": WORLD_FILES,
         "conventions": {
             "image_ids": "'<split>-<index:06d>', image path '<split>/<id>.png' under the image folder",
-            "rec_box": "[x1, y1, x2, y2] as fractions of the padded square (llava.eval.rec), 2 decimals; "
+            "rec_box": "[x1, y1, x2, y2] as fractions of the padded square (llava.eval.rec), 2 decimals "
+                       "(snapped to spec.rec_answer_grid lines when it is > 0); "
                        "ground truth 'bbox' in eval/rec.jsonl is xyxy pixels of the visible object",
             "vqa_metric": "exact (one answer per question; score with llava.eval.eval_vqa --metric exact)",
             "pad_labels": "'<colour> <shape>', one region per visible object, mask after occlusion; "
@@ -379,7 +404,8 @@ def make_world(out_dir: str | Path, spec: WorldSpec, *, reuse: bool = True) -> d
                          "pad/eval_relation_words.jsonl: the first object of the first reference "
                          "caption labelled with the relation word the caption states of it "
                          "(above, below, left, right)",
-            "instruct_ids": "'<image id>-caption', '-rec', '-vqa'; pretrain ids are the image ids, "
+            "instruct_ids": "'<image id>-caption', '-rec' (and '-rec2', ... with "
+                            "spec.rec_records_per_image > 1), '-vqa'; pretrain ids are the image ids, "
                             "so PAD joins them",
         },
         "counts": {split: dict(sorted(w.counts.items())) | {
