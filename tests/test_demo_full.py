@@ -46,6 +46,7 @@ def test_full_preset_saves_stage2_checkpoints_for_the_learning_curves():
     assert _flag(command, "--max_steps") == str(FULL_PRESET.stage2.steps)
     assert _flag(command, "--model_max_length") == str(FULL_PRESET.model_max_length)
     assert FULL_PRESET.world.binding_per_image > 0 and FULL_PRESET.world.held_out_pairs
+    assert FULL_PRESET.world.rec_answer_grid == FULL_PRESET.bootstrap.clip_image_size // 14
     assert set(FULL_PRESET.analyses) == set(RUN_ANALYSES)
 
 
@@ -54,6 +55,9 @@ def test_a_preset_checks_its_curve_interval_and_analyses():
         replace(FULL_PRESET, stage2_eval_every=FULL_PRESET.stage2.steps)
     with pytest.raises(ValueError, match="analyses"):
         replace(FULL_PRESET, analyses=("size_words",))
+    # REC answers snapped to a grid other than the CLIP's patches would teach boxes it cannot see
+    with pytest.raises(ValueError, match="rec_answer_grid 8 is not the CLIP's 6×6"):
+        replace(FULL_PRESET, world=replace(FULL_PRESET.world, rec_answer_grid=8))
 
 
 def test_with_flags_replaces_a_flags_value_or_appends_it():
@@ -175,3 +179,20 @@ def test_a_study_runs_end_to_end_with_a_shared_stage1_and_its_figure(tmp_path):
     assert "runs/caption-mlp2x_gelu-seed0/stage1/mm_projector.bin" in frozen_log
     assert (tmp_path / "study.png").is_file() and metrics["study"]["name"] == "projector"
     assert json.loads((tmp_path / "metrics.json").read_text())["settings"]["study"] == "projector"
+
+
+def test_the_calibration_rows_are_the_full_preset_with_one_documented_change_each():
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "scripts" / "tiny" / "calibrate_full_world.py"
+    spec = importlib.util.spec_from_file_location("calibrate_full_world", path)
+    calibrate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(calibrate)
+    full = calibrate.row_preset("full")
+    assert (full.world, full.bootstrap, full.stage2) == (FULL_PRESET.world, FULL_PRESET.bootstrap,
+                                                         FULL_PRESET.stage2)
+    exact = calibrate.row_preset("exact")  # the previous --full: LLaVA-1.5's exact boxes, plain CLIP
+    assert (exact.world.rec_answer_grid, exact.world.rec_records_per_image) == (0, 1)
+    assert exact.bootstrap.clip_position_scale == 0
+    assert calibrate.row_preset("full-1200").stage2.steps == 1200
+    assert {calibrate.row_preset(row).stage2_eval_every * 4 for row in calibrate.ROWS} == {800, 1200}

@@ -135,6 +135,10 @@ class DemoPreset:
         if unknown or "stage1" not in self.analyses:
             raise ValueError(f"preset {self.name}: analyses must include stage1 and name some of "
                              f"{list(RUN_ANALYSES)}, got {list(self.analyses)}")
+        grid, snap = self.bootstrap.clip_image_size // CLIP_PATCH_SIZE, self.world.rec_answer_grid
+        if snap not in (0, grid):
+            raise ValueError(f"preset {self.name}: rec_answer_grid {snap} is not the CLIP's {grid}×{grid} "
+                             "patch grid (0: exact boxes)")
         every = self.stage2_eval_every
         if every is not None and not 0 < every < self.stage2.steps:
             raise ValueError(f"preset {self.name}: stage2_eval_every must be in (0, {self.stage2.steps}), "
@@ -151,15 +155,19 @@ QUICK_PRESET = DemoPreset(
     name="quick", world=WorldSpec(n_train=300, n_eval=40), bootstrap=QUICK_SETTINGS,
     stage1=StageSettings(steps=40, batch_size=16, learning_rate=1e-3),
     stage2=StageSettings(steps=30, batch_size=16, learning_rate=1e-3))
-# The world of `--full` and the studies (docs/demo.md §1): near-square images, so the 6×6 patch grid
-# leaves a grid-snapped REC oracle ceiling of about 0.8 (default world: 0.65); 2-3 objects (shorter
-# REC records); binding questions; two colour-shape pairs, picked before any run, left out of the
-# training PAD labels. Stage 2 at 2e-3 for 800 steps: calibrated with caption-only runs alone, the
-# shortest stage 2 after which caption-only VQA clears its blind baseline (docs/demo.md, "Calibration").
+# The world of `--full` and the studies (docs/demo.md §1 and "Calibration"): near-square images, so the
+# 6×6 patch grid leaves a grid-snapped REC oracle ceiling of about 0.8 (default world: 0.65); 2-3
+# objects; binding questions; two colour-shape pairs, picked before any run, left out of the training
+# PAD labels. REC made learnable for the tiny models, each change calibrated with caption-only runs
+# alone: box answers snapped to the 6×6 grid the model reads, six REC conversations per image, and a
+# CLIP whose position embeddings start as a 2D sine-cosine table (the default CLIP's patches barely
+# know their row or column). Stage 2 at 2e-3 for 800 steps: the shortest after which caption-only
+# VQA and REC clear their blind baselines.
 FULL_WORLD = WorldSpec(n_train=2000, n_eval=200, scene=SceneSpec(min_size=96, max_size=128, objects_max=3),
-                       binding_per_image=2, held_out_pairs=("green diamond", "purple circle"))
+                       binding_per_image=2, held_out_pairs=("green diamond", "purple circle"),
+                       rec_answer_grid=6, rec_records_per_image=6)
 FULL_PRESET = DemoPreset(
-    name="full", world=FULL_WORLD, bootstrap=DEFAULT_SETTINGS,
+    name="full", world=FULL_WORLD, bootstrap=replace(DEFAULT_SETTINGS, clip_position_scale=1.0),
     stage1=StageSettings(steps=150, batch_size=16, learning_rate=1e-3),
     stage2=StageSettings(steps=800, batch_size=16, learning_rate=2e-3),
     stage2_eval_every=200, curve_eval_limit=150, analyses=tuple(RUN_ANALYSES), model_max_length=320)
