@@ -130,10 +130,14 @@ def test_full_and_quick_exclude_each_other():
 
 # ---------------------------------------------------------------- end to end on a micro world
 
+# --full's world options at micro size: REC answers on the smoke CLIP's 4×4 grid, two REC
+# conversations per image, the sine-cosine CLIP position start
 MICRO_FULL = replace(
     SMOKE_PRESET, name="micro-full",
     world=WorldSpec(seed=3, n_train=24, n_eval=4, scene=SceneSpec(min_size=96, max_size=128),
-                    binding_per_image=2, held_out_pairs=("yellow square",)),
+                    binding_per_image=2, held_out_pairs=("yellow square",), rec_answer_grid=4,
+                    rec_records_per_image=2),
+    bootstrap=replace(SMOKE_PRESET.bootstrap, clip_position_scale=1.0),
     stage2=StageSettings(steps=4, batch_size=4, learning_rate=1e-3), stage2_eval_every=2, curve_eval_limit=3,
     analyses=tuple(RUN_ANALYSES), eval_limit=None)
 
@@ -149,7 +153,9 @@ def test_full_runs_end_to_end_with_learning_curves_baselines_and_claims(tmp_path
         assert numbers[key] is not None, key
     assert {"rec_acc50", "vqa_accuracy", "vqa_binding", "align_miou", "delta_h"} <= set(metrics["baselines"])
     assert 0 < metrics["world"]["rec_oracle"]["accuracy"] <= 1
+    assert 0 <= metrics["bootstrap"]["clip"]["position_probe_row"] <= 1
     report = (tmp_path / "report.md").read_text()
+    assert "patch row / column read by a linear probe" in report
     assert "## Learning curves (stage 2)" in report and "*baseline*" in report and "REC ceiling" in report
     assert (tmp_path / "learning_curves.png").is_file()
     assert (tmp_path / "runs/caption-seed0/analysis-held-out-pairs/metrics.json").is_file()
