@@ -84,6 +84,13 @@ def choose_conv_mode(model_name: str, requested: str | None, trained: str | None
     return requested
 
 
+def checkpoint_conv_mode(model_path: str, requested: str | None) -> str:
+    """`choose_conv_mode` for a checkpoint given as a folder or hub id: the template its config.json
+    records, else upstream's rule on its name, unless `requested` names one. Raises as they do."""
+    trained = trained_conv_mode(resolve_model_path(model_path, what="--model-path"))
+    return choose_conv_mode(get_model_name_from_path(model_path), requested, trained)
+
+
 def image_token_text(mm_use_im_start_end: bool) -> str:
     """What one image is written as in a prompt: `<image>`, or wrapped in start/end tokens."""
     if mm_use_im_start_end:
@@ -172,8 +179,7 @@ def query_inputs(args: argparse.Namespace) -> tuple[list[Image.Image], str]:
     images = load_images(image_files)
     check_image_placeholders(args.query, len(images))
     check_model_paths(args)
-    trained = trained_conv_mode(resolve_model_path(args.model_path, what="--model-path"))
-    return images, choose_conv_mode(get_model_name_from_path(args.model_path), args.conv_mode, trained)
+    return images, checkpoint_conv_mode(args.model_path, args.conv_mode)
 
 
 def check_model_paths(args: argparse.Namespace) -> None:

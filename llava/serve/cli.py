@@ -21,17 +21,15 @@ from transformers import TextStreamer
 
 from llava.eval.generation import GenerationSettings, decode_answers, encode_images, generate_token_ids
 from llava.eval.run_llava import (
-    choose_conv_mode,
+    checkpoint_conv_mode,
     image_query,
     load_images,
     new_chat,
     resolve_device,
     stop_string,
-    trained_conv_mode,
 )
 from llava.mm_utils import get_model_name_from_path, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
-from llava.paths import resolve_model_path
 
 
 def chat(
@@ -106,8 +104,7 @@ def main(argv: Sequence[str] | None = None, input_stream: TextIO | None = None) 
     args = parser.parse_args(argv)
     model_name = get_model_name_from_path(args.model_path)
     try:
-        trained = trained_conv_mode(resolve_model_path(args.model_path, None, "--model-path"))
-        conv_mode = choose_conv_mode(model_name, args.conv_mode, trained)
+        conv_mode = checkpoint_conv_mode(args.model_path, args.conv_mode)
         images = load_images([args.image_file]) if args.image_file else []
     except (OSError, ValueError) as error:
         parser.error(str(error))

@@ -16,8 +16,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from llava.eval.generation import GenerationSettings, decode_answers, generate_token_ids, trim_at_stop_strings
-from llava.eval.run_llava import choose_conv_mode, image_query, new_chat, stop_string, trained_conv_mode
-from llava.mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
+from llava.eval.run_llava import checkpoint_conv_mode, image_query, new_chat, stop_string
+from llava.mm_utils import process_images, tokenizer_image_token
 from llava.paths import resolve_model_path
 from patch_align.analysis.runner import (
     AnalysisAccumulator,
@@ -114,8 +114,7 @@ class CheckpointSession:
         """Load ``model_path`` (with ``model_base`` for a projector-only folder); the template is
         the one config.json records it was trained with (else upstream's rule on the folder name)
         unless ``conv_mode`` names one."""
-        trained = trained_conv_mode(resolve_model_path(str(model_path), None, "--model-path"))
-        mode = choose_conv_mode(get_model_name_from_path(str(model_path)), conv_mode, trained)
+        mode = checkpoint_conv_mode(str(model_path), conv_mode)
         analysis = load_analysis_model(model_path, model_base, device=device)
         # the folder and its parent: demo checkpoints are all called stage2
         name = "/".join(Path(model_path).parts[-2:])
@@ -276,7 +275,6 @@ def load_sessions(
 
     Raises AppInputError naming the bad path or flag.
     """
-
     for path, _ in checkpoints:
         try:
             folder = Path(resolve_model_path(path))
@@ -285,7 +283,7 @@ def load_sessions(
         if not (folder / "config.json").is_file():
             raise AppInputError(f"{path} is not a checkpoint folder (it has no config.json)")
         try:
-            choose_conv_mode(get_model_name_from_path(path), conv_mode, trained_conv_mode(folder))
+            checkpoint_conv_mode(path, conv_mode)
         except ValueError as err:
             raise AppInputError(str(err)) from err
     if image_folder is not None and not Path(image_folder).is_dir():

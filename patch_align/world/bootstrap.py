@@ -243,7 +243,7 @@ def _set_position_codes(model, pixels: torch.Tensor, scale: float) -> None:
     embeddings = model.vision_model.embeddings
     with torch.no_grad():
         patches = embeddings.patch_embedding(pixels).flatten(2).transpose(1, 2)  # (B, N, D)
-        grid, dim = int(math.isqrt(patches.shape[1])), patches.shape[2]
+        grid, dim = math.isqrt(patches.shape[1]), patches.shape[2]
         table = sincos_position_table(grid, dim)
         table = table * (scale * patches.norm(dim=-1).mean() / table.norm(dim=-1).mean())
         embeddings.position_embedding.weight.copy_(torch.cat([torch.zeros(1, dim), table]))

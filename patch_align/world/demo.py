@@ -864,7 +864,8 @@ def _curves(runs: list[_RunState], paths: DemoPaths, options: DemoOptions, state
     records; state["curves"]: run → [{step, rec_acc50, vqa_accuracy, vqa_binding, nll_<task>}]."""
     preset, world = options.preset, paths.world
     suite_path = options.out / "eval_suite_curves.json"
-    suite = eval_suite(world, suite_path.parent, captions=False, conv_mode=eval_conv_mode(preset.bootstrap))
+    conv_mode = eval_conv_mode(preset.bootstrap)
+    suite = eval_suite(world, suite_path.parent, captions=False, conv_mode=conv_mode)
     suite_path.write_text(json.dumps(suite, indent=2) + "\n")
     curve_dir = options.out / "eval_curves"
     shutil.rmtree(curve_dir, ignore_errors=True)
@@ -886,8 +887,7 @@ def _curves(runs: list[_RunState], paths: DemoPaths, options: DemoOptions, state
             curves[name].append({"step": step, "rec_acc50": tasks["rec"]["metrics"]["acc@0.5"],
                                  "vqa_accuracy": tasks["vqa"]["metrics"]["exact_match"],
                                  "vqa_binding": categories.get("binding", {}).get("accuracy"),
-                                 **_answer_nll(folder, world, records, options.device,
-                                              eval_conv_mode(preset.bootstrap))})
+                                 **_answer_nll(folder, world, records, options.device, conv_mode)})
     state["curves"] = curves
     return f"{sum(len(s) for s in points.values())} checkpoints in {curve_dir}"
 
