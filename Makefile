@@ -15,7 +15,7 @@ VENV_PYTHON := $(VENV)/bin/python
 PIP := $(VENV_PYTHON) -m pip
 INSTALL_STAMP := $(VENV)/.patch-align-installed
 
-.PHONY: venv install system-deps test test-fast lint demo clean distclean
+.PHONY: venv install system-deps deepspeed-cpu-op test test-fast lint demo clean distclean
 
 venv: $(VENV_PYTHON)
 
@@ -44,8 +44,19 @@ system-deps:
 		if [ -n "$$CI" ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; \
 		else echo "note: no chromium: the app's browser test skips (apt-get install chromium chromium-driver)"; fi; }
 
+# DeepSpeed's CPU shared-memory op, compiled once into the folder tests/conftest.py gives the tests,
+# with the venv's ninja first on PATH as in every test process (a ninja of another version discards
+# the build log and rebuilds everything), so that no test process compiles it mid-run. A test killed
+# while compiling would leave the folder's `lock`, on which every later DeepSpeed process waits for
+# good; a lock found here is such a leftover (nothing else builds into this folder).
+DS_EXTENSIONS := $(abspath $(VENV))/torch_extensions
+deepspeed-cpu-op: $(INSTALL_STAMP)
+	rm -f "$(DS_EXTENSIONS)/deepspeed_shm_comm/lock"
+	PATH="$(abspath $(VENV))/bin:$$PATH" TORCH_EXTENSIONS_DIR="$(DS_EXTENSIONS)" $(VENV_PYTHON) -c \
+		"from deepspeed.comm.torch import build_shm_op; build_shm_op()"
+
 # The CI suite: every test, slow ones included (README gives its measured time on 2 cores).
-test: $(INSTALL_STAMP) system-deps
+test: $(INSTALL_STAMP) system-deps deepspeed-cpu-op
 	$(VENV_PYTHON) -m pytest -q
 
 # The quick loop while developing: tests not marked slow.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,14 @@ os.environ["WANDB_MODE"] = "offline"
 # Read by torch when it starts: the test machines have 2 shared cores.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("MKL_NUM_THREADS", "2")
+# DeepSpeed compiles its CPU shared-memory op the first time a process starts its comm layer, into
+# TORCH_EXTENSIONS_DIR, by default ~/.cache/torch_extensions: one folder for every checkout on the
+# machine, rebuilt whenever the previous builder's paths or ninja version differ, behind a lock file
+# that a killed or paused builder leaves for good (every later DeepSpeed process then waits on it).
+# The tests keep their own inside the environment, and every test process finds the environment's
+# tools (ninja among them) first on PATH; `make test` builds the op there before the first test.
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
 
 UPSTREAM_GOLDEN = Path(__file__).parent / "data" / "upstream_golden"
 FIXTURES_PLACEHOLDER = "@FIXTURES@"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +25,8 @@ BIN = Path(sys.executable).parent
 PATCH_ENTRY = ("-m", "patch_align.train")
 LLAVA_ENTRY = ("-m", "llava.train.train")
 LAUNCHERS = ("python", "torchrun", "deepspeed")
+# A tiny run takes 12-25 s on 2 cores; this is for a loaded machine, and a hang fails within it.
+RUN_TIMEOUT_S = 300
 
 
 def free_port() -> int:
@@ -68,7 +71,41 @@ def launch(
         target = ["--module", entry[1]] if entry[0] == "-m" else entry
         port = str(free_port())
         cmd = [str(BIN / "deepspeed"), "--num_gpus", str(processes), "--master_port", port, *target]
-    return subprocess.run([*cmd, *flags], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return run_process_group([*cmd, *flags], cwd=REPO, env=env)
+
+
+def run_process_group(
+    cmd: list[str], *, timeout: float = RUN_TIMEOUT_S, **popen_kwargs
+) -> subprocess.CompletedProcess:
+    """Run `cmd` to the end in a process group of its own, capturing its text output.
+
+    A launcher (`torchrun`, `deepspeed`, a launch script) starts its ranks as children; killing only
+    the launcher on a timeout would leave them running, holding the cores (and any lock they hold)
+    for the tests after. On a timeout the whole group gets SIGABRT (ranks started with
+    PYTHONFAULTHANDLER print where they were), then SIGKILL; the result has exit status 124 and its
+    stderr ends with a line saying so, for `assert_succeeded` to show."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True, **popen_kwargs) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+            return subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
+        except subprocess.TimeoutExpired:
+            _signal_group(process.pid, signal.SIGABRT)
+            try:
+                stdout, stderr = process.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                _signal_group(process.pid, signal.SIGKILL)
+                stdout, stderr = process.communicate()
+            _signal_group(process.pid, signal.SIGKILL)  # ranks that outlived their launcher
+            note = f"\n[timed out after {timeout:g} s; its process group was killed]\n"
+            return subprocess.CompletedProcess(cmd, 124, stdout or "", (stderr or "") + note)
+
+
+def _signal_group(group: int, signum: int) -> None:
+    try:
+        os.killpg(group, signum)
+    except ProcessLookupError:  # every process of the group has already exited
+        pass
 
 
 def assert_succeeded(run: subprocess.CompletedProcess) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -36,6 +35,7 @@ from distributed_runs import (
     log_differences,
     run_differences,
     run_env,
+    run_process_group,
     stage1_flags,
     step_logs,
     write_uneven_stage1_data,
@@ -229,8 +229,7 @@ def test_the_stage1_launch_script_trains_on_two_processes(tmp_path):
     })
     cpu_flags = ["--bf16", "False", "--max_steps", "2", "--report_to", "none", "--model_max_length", "256",
                  "--dataloader_num_workers", "0"]
-    run = subprocess.run(["bash", "scripts/v1_5/pretrain_patch_align.sh", *cpu_flags], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=600)
+    run = run_process_group(["bash", "scripts/v1_5/pretrain_patch_align.sh", *cpu_flags], cwd=REPO, env=env)
     assert_succeeded(run)
     logs = step_logs(out)
     assert [entry["epoch"] for entry in logs] == pytest.approx([4 / 24, 8 / 24])  # 2 processes x 2 per step

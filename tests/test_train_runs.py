@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from distributed_runs import free_port, run_process_group
 
 from llava.model.checkpoints import PROJECTOR_FILE
 
@@ -75,7 +75,7 @@ def pretrain_flags(setup, output_dir: Path) -> list[str]:
 def run_training(entry: list[str], flags: list[str], launcher: list[str] = ()) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_DISABLED": "true", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [*launcher, *entry, *flags] if launcher else [sys.executable, *entry, *flags]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return run_process_group(cmd, cwd=REPO, env=env)
 
 
 def assert_succeeded(run: subprocess.CompletedProcess) -> None:
@@ -300,12 +300,6 @@ def test_label_mismatch_error_names_the_sample(tiny_setup, tmp_path):
     assert run.returncode != 0
     assert "LabelAlignmentError" in run.stderr
     assert "sample empty-answer-17: no token is supervised" in run.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.slow
