@@ -217,6 +217,19 @@ def test_resuming_from_checkpoint_2_continues_as_the_uninterrupted_run(zero_stag
     assert [e["patch_beta"] for e in step_logs(stopped)] == pytest.approx([0.0, 1.25, 2.5, 3.75])
 
 
+def test_a_two_rank_cpu_run_leaves_no_deepspeed_shared_memory_behind(data, tmp_path):
+    # DeepSpeed's CPU comm op makes a 69 MB /dev/shm file per rank and never removes it
+    def shm_files() -> set[str]:
+        return {path.name for path in Path("/dev/shm").glob("deepspeed*")}
+
+    before = shm_files()
+    out = tmp_path / "run"
+    flags = stage1_flags(out, *data, per_device_train_batch_size=2, deepspeed="scripts/zero2.json",
+                         max_steps=1)
+    assert_succeeded(launch(PATCH_ENTRY, flags, processes=2, launcher="deepspeed"))
+    assert shm_files() - before == set()
+
+
 def test_the_stage1_launch_script_trains_on_two_processes(tmp_path):
     # scripts/v1_5/pretrain_patch_align.sh as a user runs it, on 2 processes through DEEPSPEED_ARGS
     data, pad = write_uneven_stage1_data(tmp_path / "data")
