@@ -27,7 +27,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "2")
 # The tests keep their own inside the environment, and every test process finds the environment's
 # tools (ninja among them) first on PATH; `make test` builds the op there before the first test.
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+os.environ["TORCH_EXTENSIONS_DIR"] = str(Path(sys.prefix) / "torch_extensions")  # as `make test`
 
 UPSTREAM_GOLDEN = Path(__file__).parent / "data" / "upstream_golden"
 FIXTURES_PLACEHOLDER = "@FIXTURES@"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from distributed_runs import free_port, run_process_group
+from distributed_runs import assert_succeeded, free_port, run_process_group
 
 from llava.model.checkpoints import PROJECTOR_FILE
 
@@ -76,10 +76,6 @@ def run_training(entry: list[str], flags: list[str], launcher: list[str] = ()) -
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_DISABLED": "true", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [*launcher, *entry, *flags] if launcher else [sys.executable, *entry, *flags]
     return run_process_group(cmd, cwd=REPO, env=env)
-
-
-def assert_succeeded(run: subprocess.CompletedProcess) -> None:
-    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
 
 
 def losses(output_dir: Path) -> list[float]:

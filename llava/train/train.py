@@ -79,8 +79,10 @@ def init_deepspeed_comm(training_args: TrainingArguments) -> None:
     import deepspeed
 
     deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
+    if sys.platform != "linux":  # DeepSpeed builds its CPU shared-memory op on Linux only
+        return
     buffer = deepspeed_cpu_shm_buffer(torch.distributed.get_rank())
-    if sys.platform == "linux" and buffer.exists():  # the op is built on Linux only
+    if buffer.exists():
         atexit.register(buffer.unlink, missing_ok=True)
 
 
@@ -92,8 +94,7 @@ def deepspeed_cpu_shm_buffer(rank: int) -> pathlib.Path:
     until the machine's memory was full (measured: 313 files, 21 of 24 GB, after a day of tests).
     Training removes its own at exit; the ranks map each other's at start, so none is still needed."""
     addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    return pathlib.Path("/dev/shm") / f"deepspeed_allreduce_buffer_{uid}_{addr}_{port}_{rank}"
+    return pathlib.Path("/dev/shm") / f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}"
 
 
 def close_process_group() -> None:
